@@ -1,0 +1,105 @@
+"""What every row shares: the resource (service, release, environment, device) and the user
+identity of a trace (pure).
+
+DESIGN §5: attributes are read from the item first, then its resource; identity attributes set
+on any span of a trace (often a framework's middleware span, not the SERVER span) apply to all
+rows of that trace in the same request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_bridge import conventions as conv
+from otel_bridge.exporters.attributes import Attributes, as_str, first
+
+# Resource attribute prefixes that describe the device/runtime (the seed's `device_info`).
+_DEVICE_PREFIXES = ("os.", "host.", "device.", "browser.", "process.runtime.", "telemetry.sdk.")
+
+# Instrumentation scopes of browser SDKs (apps following the upstream browser README often send
+# no telemetry.sdk.language at all, DESIGN §5).
+_BROWSER_SCOPE_PREFIXES = ("@opentelemetry/instrumentation-", "@opentelemetry/web", "otel-bridge.js")
+
+IDENTITY_KEYS = (
+    "user.id",
+    "enduser.id",
+    "user.roles",
+    "enduser.role",
+    "session.id",
+    conv.PAGE_VIEW_ID,
+)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Fallbacks from the receiver's configuration (the seed's CRASHLYTICS_* variables)."""
+
+    environment: str | None = None
+    release_version: str | None = None
+
+
+@dataclass
+class ResourceContext:
+    attrs: Attributes
+    service_name: str
+    service_version: str | None
+    environment: str | None
+    device_info: dict[str, Any] | None
+    is_browser: bool
+
+
+def resource_context(attrs: Attributes, defaults: Defaults) -> ResourceContext:
+    device = {k: v for k, v in attrs.items() if k.startswith(_DEVICE_PREFIXES)}
+    return ResourceContext(
+        attrs=attrs,
+        service_name=as_str(attrs.get("service.name")) or "unknown_service",
+        service_version=as_str(attrs.get("service.version")) or defaults.release_version,
+        environment=as_str(first(attrs, "deployment.environment.name", "deployment.environment"))
+        or defaults.environment,
+        device_info=device or None,
+        is_browser=attrs.get("telemetry.sdk.language") == "webjs"
+        or any(k.startswith("browser.") for k in attrs),
+    )
+
+
+def is_browser_scope(scope_name: str) -> bool:
+    return scope_name.startswith(_BROWSER_SCOPE_PREFIXES)
+
+
+@dataclass
+class Identity:
+    """User, role, session and page view of a trace, merged from all of its spans."""
+
+    user_id: str | None = None
+    user_role: str | None = None
+    session_id: str | None = None
+    page_view_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def absorb(self, attrs: Mapping[str, Any]) -> None:
+        """Fill what is still unknown from one span's (or resource's) attributes."""
+        if self.user_id is None:
+            self.user_id = as_str(first(attrs, "user.id", "enduser.id"))
+        if self.user_role is None:
+            self.user_role = as_str(first(attrs, "user.roles", "enduser.role"))
+        if self.session_id is None:
+            self.session_id = as_str(attrs.get("session.id"))
+        if self.page_view_id is None:
+            self.page_view_id = as_str(attrs.get(conv.PAGE_VIEW_ID))
+
+
+def has_identity(attrs: Mapping[str, Any]) -> bool:
+    return any(k in attrs for k in IDENTITY_KEYS)
+
+
+def client_ip(attrs: Mapping[str, Any]) -> str | None:
+    return as_str(first(attrs, "client.address", "http.client_ip", "net.peer.ip"))
+
+
+def user_agent(attrs: Mapping[str, Any]) -> str | None:
+    return as_str(first(attrs, "user_agent.original", "http.user_agent"))
+
+
+IpHash = Callable[[str | None], str | None]

@@ -1,0 +1,153 @@
+"""Exception span events -> failures, one per real failure, with their breadcrumbs (pure).
+
+Frameworks record one failure several times: on the handler span and again on the SERVER span
+(DESIGN §5 rule 2). Python's traceback grows as the exception propagates, so the recorded stacks
+differ in their outer frames but share the innermost one (where it was raised); events of one
+trace with the same type, message and innermost frame are one occurrence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from otel_bridge import conventions as conv
+from otel_bridge.exporters.attributes import Attributes, as_str, decode_attributes
+
+# Which category wins when one failure is seen on several spans: the most specific one.
+CATEGORY_PRIORITY = {"Database": 3, "API": 2, "JavaScript": 1, "Application": 0}
+
+_PY_FRAME = re.compile(r'^\s*File "[^"]*", line \d+, in .*$', re.M)
+_JS_FRAME = re.compile(r"^\s*at .+$|^[^@\s]*@.+:\d+(?::\d+)?$", re.M)
+
+
+class SpanLike(Protocol):
+    """What failure extraction needs to know about a mapped span."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    category: str
+    events: Sequence[Any]
+    attrs: Attributes
+
+
+def innermost_frame(stack: str | None) -> str:
+    """The frame where the exception was raised: last Python frame, first JS frame."""
+    if not stack:
+        return ""
+    python_frames = _PY_FRAME.findall(stack)
+    if python_frames:
+        return python_frames[-1].strip()
+    js = _JS_FRAME.search(stack)
+    return js.group(0).strip() if js else ""
+
+
+def is_exception_event(name: str) -> bool:
+    return name == "exception" or name.endswith(".exception")
+
+
+@dataclass
+class Failure:
+    exc_type: str | None
+    message: str
+    stack: str | None
+    span: SpanLike
+    event_index: int
+    time_unix_nano: int
+    category: str
+    event_attrs: Attributes
+    spans: list[SpanLike] = field(default_factory=list)
+
+    def absorb(self, other: Failure) -> None:
+        """Merge a repeat of this failure seen on another span."""
+        self.spans.append(other.span)
+        if CATEGORY_PRIORITY[other.category] > CATEGORY_PRIORITY[self.category]:
+            self.span, self.event_index, self.category = other.span, other.event_index, other.category
+            self.time_unix_nano = other.time_unix_nano
+        if other.stack and len(other.stack) > len(self.stack or ""):
+            self.stack = other.stack
+        for key, value in other.event_attrs.items():
+            self.event_attrs.setdefault(key, value)
+
+
+def collect_failures(spans: Iterable[SpanLike]) -> list[Failure]:
+    """Every distinct failure in the request, in the order first seen."""
+    by_key: dict[tuple[bytes, str | None, str, str], Failure] = {}
+    for span in spans:
+        for index, event in enumerate(span.events):
+            if not is_exception_event(event.name):
+                continue
+            attrs = decode_attributes(event.attributes)
+            exc_type = as_str(attrs.pop("exception.type", None))
+            message = as_str(attrs.pop("exception.message", None)) or ""
+            stack = as_str(attrs.pop("exception.stacktrace", None))
+            attrs.pop("exception.escaped", None)
+            failure = Failure(
+                exc_type=exc_type,
+                message=message,
+                stack=stack,
+                span=span,
+                event_index=index,
+                time_unix_nano=event.time_unix_nano or span.events[0].time_unix_nano,
+                category=span.category,
+                event_attrs=attrs,
+                spans=[span],
+            )
+            key = (span.trace_id, exc_type, message, innermost_frame(stack))
+            if key in by_key:
+                by_key[key].absorb(failure)
+            else:
+                by_key[key] = failure
+    return list(by_key.values())
+
+
+def breadcrumb_from_event(event: Any) -> dict[str, Any]:
+    attrs = decode_attributes(event.attributes)
+    data = attrs.get(conv.BREADCRUMB_DATA)
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            pass
+    crumb: dict[str, Any] = {
+        "timestamp": event.time_unix_nano / 1e9,
+        "category": as_str(attrs.get(conv.BREADCRUMB_CATEGORY)) or "default",
+        "message": as_str(attrs.get(conv.BREADCRUMB_MESSAGE)) or "",
+        "level": as_str(attrs.get(conv.BREADCRUMB_LEVEL)) or "info",
+    }
+    if data is not None:
+        crumb["data"] = data
+    return crumb
+
+
+def breadcrumbs_for(
+    failure: Failure, spans_by_id: dict[tuple[bytes, bytes], SpanLike]
+) -> list[Any] | None:
+    """DESIGN §7 order: the error's own `otel_bridge.breadcrumbs`, else the breadcrumb events on
+    the spans it was recorded on and their ancestors in the same request, oldest first. (The session-history fallback
+    needs the database and is applied by the writer's caller, not here.)"""
+    own = failure.event_attrs.get(conv.BREADCRUMBS) or failure.span.attrs.get(conv.BREADCRUMBS)
+    if isinstance(own, str):
+        try:
+            own = json.loads(own)
+        except ValueError:
+            own = [own]
+    if own:
+        return own if isinstance(own, list) else [own]
+    crumbs: list[tuple[int, dict[str, Any]]] = []
+    seen: set[bytes] = set()
+    # Every span the failure was recorded on (handler and SERVER span), and their ancestors.
+    for start in failure.spans:
+        span: SpanLike | None = start
+        while span is not None and span.span_id not in seen:
+            seen.add(span.span_id)
+            for event in span.events:
+                if event.name == conv.BREADCRUMB_EVENT:
+                    crumbs.append((event.time_unix_nano, breadcrumb_from_event(event)))
+            span = spans_by_id.get((span.trace_id, span.parent_span_id))
+    crumbs.sort(key=lambda pair: pair[0])
+    return [crumb for _, crumb in crumbs] or None

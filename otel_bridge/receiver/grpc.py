@@ -1,0 +1,145 @@
+"""OTLP/gRPC receiver: TraceService, MetricsService and LogsService Export, plus grpc.health.v1.
+
+The Export methods are registered with raw-bytes deserializers and parse in the handler: a
+servicer registered with the generated stubs never sees an undecodable body (grpc.aio answers
+UNKNOWN/INTERNAL before the handler runs), and bad data must get INVALID_ARGUMENT (DESIGN §2).
+Oversized requests are refused by grpc itself with RESOURCE_EXHAUSTED before any handler runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import _async as health_aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
+
+from otel_bridge.errors import RetryableError
+from otel_bridge.pipeline import Outcome
+from otel_bridge.receiver.status import status_for
+
+log = logging.getLogger(__name__)
+
+Consume = Callable[[Any], Awaitable[Outcome]]
+
+
+@dataclass(frozen=True)
+class GrpcReceiverSettings:
+    listen: str = "127.0.0.1:4317"
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_concurrent_exports: int = 4
+    queue_timeout_s: float = 2.0
+    retry_after_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class _Signal:
+    service: str
+    request_type: Any
+    response_type: Any
+    partial_type: Any
+    rejected_field: str
+
+
+SIGNALS = {
+    "traces": _Signal("opentelemetry.proto.collector.trace.v1.TraceService",
+                      trace_pb.ExportTraceServiceRequest, trace_pb.ExportTraceServiceResponse,
+                      trace_pb.ExportTracePartialSuccess, "rejected_spans"),
+    "metrics": _Signal("opentelemetry.proto.collector.metrics.v1.MetricsService",
+                       metrics_pb.ExportMetricsServiceRequest, metrics_pb.ExportMetricsServiceResponse,
+                       metrics_pb.ExportMetricsPartialSuccess, "rejected_data_points"),
+    "logs": _Signal("opentelemetry.proto.collector.logs.v1.LogsService",
+                    logs_pb.ExportLogsServiceRequest, logs_pb.ExportLogsServiceResponse,
+                    logs_pb.ExportLogsPartialSuccess, "rejected_log_records"),
+}  # fmt: skip
+
+
+class GrpcReceiver:
+    def __init__(self, settings: GrpcReceiverSettings, consumers: dict[str, Consume]) -> None:
+        self.settings = settings
+        self._consumers = consumers
+        # Bounded in-flight work: more concurrent writes than database connections only adds
+        # latency (research/ceilings.md); waiters that cannot start in time get UNAVAILABLE.
+        self._slots = asyncio.Semaphore(settings.max_concurrent_exports)
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self.port: int = 0
+
+    async def start(self) -> None:
+        limit = self.settings.max_request_bytes
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", 4 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        for name, signal in SIGNALS.items():
+            handler = grpc.unary_unary_rpc_method_handler(
+                self._handler(signal, self._consumers[name]),
+                request_deserializer=None,
+                response_serializer=lambda message: message.SerializeToString(),
+            )
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(signal.service, {"Export": handler}),)
+            )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        for signal in SIGNALS.values():
+            await self._health.set(signal.service, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        log.info("OTLP/gRPC receiver listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting, let in-flight Exports finish (they answer only after commit)."""
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace_s)
+        self._server = None
+
+    def _handler(self, signal: _Signal, consume: Consume) -> Callable[..., Awaitable[Any]]:
+        async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = signal.request_type.FromString(data)
+            except (DecodeError, RuntimeError) as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode {signal.request_type.__name__}: {exc}")
+            try:
+                outcome = await self._run(consume, request)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an OTLP status
+                code, message, trailers = status_for(exc, self.settings.retry_after_s)
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    log.warning("%s export not stored, sender will retry: %s", signal.service.rsplit(".", 1)[-1], message)
+                else:
+                    log.error("%s export refused: %s", signal.service.rsplit(".", 1)[-1], message)
+                await context.abort(code, message, trailing_metadata=trailers)
+            response = signal.response_type()
+            if outcome.rejected or outcome.message:
+                partial = signal.partial_type(error_message=outcome.message)
+                setattr(partial, signal.rejected_field, outcome.rejected)
+                response.partial_success.CopyFrom(partial)
+            return response
+
+        return export
+
+    async def _run(self, consume: Consume, request: Any) -> Outcome:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
+        except asyncio.TimeoutError:
+            raise RetryableError("receiver overloaded: too many exports in flight") from None
+        try:
+            return await consume(request)
+        finally:
+            self._slots.release()

@@ -1,0 +1,222 @@
+"""A realistic app workload made with the real OpenTelemetry Python SDK.
+
+It emits what an instrumented ASGI app with psycopg produces for the seed's endpoints: a SERVER
+span per request with the attribute set of `opentelemetry-instrumentation-asgi` (old names, or
+stable ones with `OTEL_SEMCONV_STABILITY_OPT_IN=http,database`), ASGI's internal send/receive
+spans, identity on a middleware span (not the SERVER span, as real frameworks do), psycopg CLIENT
+spans, and failures recorded twice (handler span and SERVER span). Used by `otel-bridge demo`,
+the tests and the benchmark; needs the `dev` or `instrumentation` extra.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+ROLES = ("General User", "Employee", "Quality Analyst", "Auditor", "Quality Supervisor", "Manager",
+         "Admin", "Super Admin")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    route: str
+    queries: tuple[tuple[str, str], ...]  # (SQL, table)
+    base_ms: float
+
+
+ENDPOINTS = (
+    Endpoint("POST", "/api/auth/login", (("SELECT id, password_hash FROM users WHERE email = %s", "users"),
+                                          ("INSERT INTO auth_sessions (user_id, expires_at) VALUES (%s, %s)", "auth_sessions")), 45),
+    Endpoint("GET", "/api/auth/session", (("SELECT * FROM auth_sessions WHERE id = %s", "auth_sessions"),), 8),
+    Endpoint("GET", "/api/audits/{audit_id}", (("SELECT * FROM audits WHERE id = %s", "audits"),
+                                                ("SELECT * FROM audit_scores WHERE audit_id = %s", "audit_scores")), 30),
+    Endpoint("POST", "/api/audits", (("INSERT INTO audits (agent_id, scorecard_id, created_by) VALUES (%s, %s, %s)", "audits"),), 60),
+    Endpoint("GET", "/api/users/{user_id}", (("SELECT id, name, role FROM users WHERE id = %s", "users"),), 12),
+    Endpoint("PUT", "/api/users/{user_id}/role", (("UPDATE users SET role = %s WHERE id = %s", "users"),), 25),
+    Endpoint("GET", "/api/dashboard/summary", (("SELECT status, count(*) FROM audits WHERE created_at > %s GROUP BY status", "audits"),), 120),
+    Endpoint("GET", "/api/reports/{report_id}/export", (("SELECT * FROM audit_scores WHERE audit_id IN (%s, %s, %s)", "audit_scores"),), 400),
+    Endpoint("GET", "/api/notifications", (("SELECT * FROM notifications WHERE user_id = %s ORDER BY created_at DESC LIMIT 50", "notifications"),), 15),
+    Endpoint("POST", "/api/notifications/{notification_id}/read", (("UPDATE notifications SET read_at = now() WHERE id = %s", "notifications"),), 10),
+)  # fmt: skip
+
+
+class AuditNotFound(LookupError):
+    pass
+
+
+@dataclass
+class Request:
+    endpoint: Endpoint
+    path_id: str
+    status: int
+    duration_ms: float
+    user_id: str
+    role: str
+    session_id: str
+    client_ip: str
+    failure: Exception | None = None
+    db_failure: bool = False
+    start_ns: int = field(default_factory=time.time_ns)
+
+    @property
+    def path(self) -> str:
+        route = self.endpoint.route
+        return route.split("{")[0] + self.path_id + route.split("}")[1] if "{" in route else route
+
+
+def _raise_in_handler(kind: str, audit_id: str) -> None:
+    def load() -> None:
+        if kind == "db":
+            raise RuntimeError(f'duplicate key value violates unique constraint "audits_pkey" (id={audit_id})')
+        raise AuditNotFound(f"audit {audit_id} not found")
+
+    load()
+
+
+def make_failure(kind: str, audit_id: str) -> Exception:
+    """A real exception with a real traceback, as an app would raise it."""
+    try:
+        _raise_in_handler(kind, audit_id)
+    except Exception as exc:  # noqa: BLE001 - we want the object, traceback included
+        return exc
+    raise AssertionError("unreachable")
+
+
+def http_attributes(req: Request, stable: bool) -> dict[str, Any]:
+    if stable:
+        attrs: dict[str, Any] = {
+            "http.request.method": req.endpoint.method, "url.path": req.path, "url.scheme": "http",
+            "server.address": "api.example.com", "server.port": 443, "network.protocol.version": "1.1",
+            "user_agent.original": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
+            "client.address": req.client_ip, "client.port": 51234,
+            "http.response.status_code": req.status, "http.route": req.endpoint.route,
+        }  # fmt: skip
+        if req.status >= 500:
+            attrs["error.type"] = str(req.status)
+    else:
+        attrs = {
+            "http.method": req.endpoint.method, "http.target": req.path, "http.scheme": "http",
+            "http.host": "api.example.com:443", "net.host.port": 443, "http.flavor": "1.1",
+            "http.user_agent": "Mozilla/5.0 (X11; Linux x86_64) Chrome/126.0",
+            "net.peer.ip": req.client_ip, "net.peer.port": 51234, "http.status_code": req.status,
+            "http.route": req.endpoint.route, "http.server_name": "api.example.com",
+            "http.url": f"http://api.example.com{req.path}",
+        }  # fmt: skip
+    attrs["http.request.header.authorization"] = ("Bearer s3cr3t-token",)
+    attrs["http.request.header.x_request_id"] = (str(uuid.uuid4()),)
+    return attrs
+
+
+def db_attributes(sql: str, stable: bool) -> dict[str, Any]:
+    if stable:
+        return {"db.system.name": "postgresql", "db.namespace": "cqms", "db.query.text": sql,
+                "server.address": "db.internal", "server.port": 5432}  # fmt: skip
+    return {"db.system": "postgresql", "db.name": "cqms", "db.statement": sql, "db.user": "app",
+            "net.peer.name": "db.internal", "net.peer.port": 5432}  # fmt: skip
+
+
+def emit(tracer: trace.Tracer, req: Request, stable: bool) -> None:
+    """The spans of one HTTP request, timed as the request says."""
+    start, end = req.start_ns, req.start_ns + int(req.duration_ms * 1e6)
+    name = f"{req.endpoint.method} {req.endpoint.route}"
+    server = tracer.start_span(name, kind=trace.SpanKind.SERVER, start_time=start,
+                               attributes=http_attributes(req, stable))  # fmt: skip
+    ctx = trace.set_span_in_context(server)
+    receive = tracer.start_span(f"{name} http receive", context=ctx, start_time=start)
+    receive.set_attribute("asgi.event.type", "http.request")
+    receive.end(start + 50_000)
+    auth = tracer.start_span("auth_middleware", context=ctx, start_time=start + 60_000)
+    auth.set_attributes({"user.id": req.user_id, "user.roles": (req.role,), "session.id": req.session_id}
+                        if stable else {"enduser.id": req.user_id, "enduser.role": req.role,
+                                        "session.id": req.session_id})  # fmt: skip
+    handler = tracer.start_span(f"handler {req.endpoint.route}", context=trace.set_span_in_context(auth),
+                                start_time=start + 100_000)  # fmt: skip
+    handler.add_event("otel_bridge.breadcrumb", {"category": "http", "message": f"{name} started",
+                                                 "level": "info"}, timestamp=start + 110_000)  # fmt: skip
+    step = (end - start - 400_000) // (len(req.endpoint.queries) + 1)
+    t = start + 200_000
+    hctx = trace.set_span_in_context(handler)
+    for i, (sql, _table) in enumerate(req.endpoint.queries):
+        db = tracer.start_span(sql.split()[0], kind=trace.SpanKind.CLIENT, context=hctx, start_time=t,
+                               attributes=db_attributes(sql, stable))  # fmt: skip
+        if req.db_failure and i == len(req.endpoint.queries) - 1 and req.failure is not None:
+            db.set_attribute("db.response.status_code", "23505")
+            db.record_exception(req.failure, timestamp=t + step // 2)
+            db.set_status(trace.StatusCode.ERROR)
+        db.end(t + step)
+        t += step
+    if req.failure is not None:
+        # Recorded on the handler span and again on the SERVER span, as frameworks do.
+        handler.record_exception(req.failure, timestamp=end - 150_000)
+        handler.set_status(trace.StatusCode.ERROR)
+        server.record_exception(req.failure, timestamp=end - 100_000)
+        server.set_status(trace.StatusCode.ERROR)
+    handler.end(end - 100_000)
+    auth.end(end - 90_000)
+    send = tracer.start_span(f"{name} http send", context=ctx, start_time=end - 80_000)
+    send.set_attribute("asgi.event.type", "http.response.start")
+    send.end(end - 10_000)
+    server.end(end)
+
+
+def random_requests(count: int, seed: int = 7, error_rate: float = 0.1) -> list[Request]:
+    rng = random.Random(seed)
+    users = [(str(uuid.UUID(int=rng.getrandbits(128))), rng.choice(ROLES)) for _ in range(40)]
+    now = time.time_ns()
+    out = []
+    for i in range(count):
+        endpoint = rng.choice(ENDPOINTS)
+        user_id, role = rng.choice(users)
+        failure: Exception | None = None
+        status, db_failure = 200 if endpoint.method == "GET" else 201, False
+        roll = rng.random()
+        if roll < error_rate * 0.5:
+            failure, status = make_failure("app", str(rng.randint(1, 10**6))), 500
+        elif roll < error_rate:
+            failure, status, db_failure = make_failure("db", str(rng.randint(1, 10**6))), 500, True
+        elif roll < error_rate + 0.05:
+            status = 404
+        out.append(Request(
+            endpoint, str(rng.randint(1, 99999)), status,
+            endpoint.base_ms * rng.lognormvariate(0, 0.5), user_id, role,
+            f"sess-{user_id[:8]}", f"203.0.113.{rng.randint(1, 254)}", failure, db_failure,
+            now - (count - i) * 50_000_000,
+        ))  # fmt: skip
+    return out
+
+
+def provider(exporter: SpanExporter, service: str = "cqms-api", environment: str = "production") -> TracerProvider:
+    resource = Resource.create({"service.name": service, "service.version": "2.4.1",
+                                "deployment.environment.name": environment})  # fmt: skip
+    tp = TracerProvider(resource=resource)
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    return tp
+
+
+def spans_for(requests: Sequence[Request], stable: bool) -> tuple[ReadableSpan, ...]:
+    """Finished SDK spans for these requests (in memory, nothing sent)."""
+    exporter = InMemorySpanExporter()
+    tp = provider(exporter)
+    tracer = tp.get_tracer("opentelemetry.instrumentation.asgi")
+    for req in requests:
+        emit(tracer, req, stable)
+    tp.shutdown()
+    return exporter.get_finished_spans()
+
+
+def export_request(requests: Sequence[Request], stable: bool) -> Any:
+    """The ExportTraceServiceRequest the SDK's OTLP exporter would send for these requests."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    return encode_spans(spans_for(requests, stable))

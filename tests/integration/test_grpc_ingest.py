@@ -1,0 +1,145 @@
+"""End to end: the real OTel SDK exporter -> real gRPC receiver on 127.0.0.1 -> real PostgreSQL."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from otel_bridge.workload import export_request, random_requests, spans_for
+
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
+LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+
+
+def raw_call(endpoint: str, method: str, payload: bytes, **kwargs: Any) -> Any:
+    with grpc.insecure_channel(endpoint) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        return call(payload, timeout=10, **kwargs)
+
+
+def counts(rows: Any, url: str) -> dict[str, int]:
+    tables = ["api_performance_metrics", "api_error_logs", "database_performance_metrics", "error_logs"]
+    return {t: rows(url, f"SELECT count(*) FROM {t}")[0][0] for t in tables}
+
+
+def test_sdk_exporter_to_rows(bridge: Any, db_url: str, rows: Any) -> None:
+    requests = random_requests(60, seed=3, error_rate=0.2)
+    exporter = OTLPSpanExporter(endpoint=bridge.endpoint, insecure=True)
+    assert exporter.export(spans_for(requests, stable=False)) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+
+    failed = [r for r in requests if r.failure is not None]
+    stored = counts(rows, db_url)
+    assert stored["api_performance_metrics"] == 60
+    assert stored["error_logs"] == len(failed)  # one row per failure, though recorded 2-3 times
+    assert stored["api_error_logs"] == len([r for r in requests if r.status >= 500])
+    assert stored["database_performance_metrics"] == sum(len(r.endpoint.queries) for r in requests)
+
+    first = requests[0]
+    (api,) = rows(db_url, "SELECT endpoint_path, http_method, status_code, response_time_ms, user_id, "
+                          "user_role, ip_address, service_name FROM api_performance_metrics "
+                          "WHERE request_timestamp = to_timestamp(%s)", (first.start_ns / 1e9,))  # fmt: skip
+    assert api[:3] == (first.endpoint.route, first.endpoint.method, first.status)
+    assert api[3] == pytest.approx(first.duration_ms, rel=1e-6)
+    assert api[4:6] == (first.user_id, first.role)
+    assert api[6] and first.client_ip not in api[6]  # keyed hash, never the raw IP
+    assert api[7] == "cqms-api"
+    headers = rows(db_url, "SELECT request_headers->>'authorization' FROM api_error_logs")
+    assert headers and {h[0] for h in headers} == {"[Filtered]"}
+    patterns = rows(db_url, "SELECT count(*) FROM query_patterns")[0][0]
+    assert patterns == len({q for r in requests for q, _ in r.endpoint.queries})
+
+
+def test_same_export_twice_stores_each_row_once(bridge: Any, db_url: str, rows: Any) -> None:
+    payload = export_request(random_requests(30, seed=5, error_rate=0.3), stable=True).SerializeToString()
+    raw_call(bridge.endpoint, TRACE_EXPORT, payload)
+    once = counts(rows, db_url)
+    raw_call(bridge.endpoint, TRACE_EXPORT, payload, compression=grpc.Compression.Gzip)
+    assert counts(rows, db_url) == once
+    assert once["api_performance_metrics"] == 30 and once["error_logs"] > 0
+
+
+@pytest.mark.parametrize(
+    "payload, code",
+    [
+        (b"\xff\xff\xff\xff garbage", grpc.StatusCode.INVALID_ARGUMENT),
+        (export_request(random_requests(3), stable=True).SerializeToString()[:-7], grpc.StatusCode.INVALID_ARGUMENT),
+        (b"\x0a" * 20 * 1024 * 1024, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ],
+    ids=["garbage", "truncated", "over-size-limit"],
+)
+def test_bad_input_gets_the_right_status_and_server_keeps_serving(
+    bridge: Any, db_url: str, rows: Any, payload: bytes, code: grpc.StatusCode
+) -> None:
+    with pytest.raises(grpc.RpcError) as failure:
+        raw_call(bridge.endpoint, TRACE_EXPORT, payload)
+    assert failure.value.code() == code
+    # Still serving: a good request after the bad one is stored.
+    raw_call(bridge.endpoint, TRACE_EXPORT, export_request(random_requests(2), stable=True).SerializeToString())
+    assert counts(rows, db_url)["api_performance_metrics"] == 2
+
+
+def test_gzip_bomb_is_refused_before_the_handler(bridge: Any) -> None:
+    bomb = gzip.compress(b"\x00" * 64 * 1024 * 1024)
+    with grpc.insecure_channel(bridge.endpoint) as channel:
+        call = channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as failure:
+            call(gzip.decompress(bomb), timeout=30, compression=grpc.Compression.Gzip)
+    assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_empty_request_is_a_full_success(bridge: Any) -> None:
+    response = trace_pb.ExportTraceServiceResponse.FromString(raw_call(bridge.endpoint, TRACE_EXPORT, b""))
+    assert not response.HasField("partial_success")
+
+
+def test_partial_success_counts_rejected_spans(bridge: Any, db_url: str, rows: Any) -> None:
+    export = export_request(random_requests(4, seed=9, error_rate=0), stable=True)
+    servers = [s for s in export.resource_spans[0].scope_spans[0].spans if s.kind == 2]
+    servers[0].trace_id = b"\x00" * 16
+    response = trace_pb.ExportTraceServiceResponse.FromString(
+        raw_call(bridge.endpoint, TRACE_EXPORT, export.SerializeToString())
+    )
+    assert response.partial_success.rejected_spans == 1
+    assert "invalid trace_id" in response.partial_success.error_message
+    assert counts(rows, db_url)["api_performance_metrics"] == 3
+
+
+def test_metrics_and_logs_are_acknowledged_as_ignored(bridge: Any) -> None:
+    metrics = metrics_pb.ExportMetricsServiceRequest()
+    gauge = metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="process.cpu.utilization")
+    gauge.gauge.data_points.add(as_double=0.5, time_unix_nano=1)
+    response = metrics_pb.ExportMetricsServiceResponse.FromString(
+        raw_call(bridge.endpoint, METRICS_EXPORT, metrics.SerializeToString())
+    )
+    assert response.partial_success.rejected_data_points == 0
+    assert response.partial_success.error_message.startswith("1 data points accepted but ignored")
+
+    logs = logs_pb.ExportLogsServiceRequest()
+    logs.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=1).body.string_value = "hi"
+    response = logs_pb.ExportLogsServiceResponse.FromString(
+        raw_call(bridge.endpoint, LOGS_EXPORT, logs.SerializeToString())
+    )
+    assert response.partial_success.rejected_log_records == 0
+    assert "1 log records accepted but ignored" in response.partial_success.error_message
+    with pytest.raises(grpc.RpcError) as failure:
+        raw_call(bridge.endpoint, LOGS_EXPORT, b"\xff garbage")
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_service_reports_serving(bridge: Any) -> None:
+    with grpc.insecure_channel(bridge.endpoint) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "opentelemetry.proto.collector.trace.v1.TraceService"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
