@@ -197,7 +197,7 @@ def _rollup(name: str, keys: list[tuple[str, type]], measures: list[tuple[str, t
         name, metadata,
         Column("day", Date, primary_key=True),
         *[Column(key, kind, primary_key=True) for key, kind in keys],
-        *[Column(measure, kind) for measure, kind in measures],
+        *[Column(measure, kind, nullable=kind is Double) for measure, kind in measures],
         Column("updated_at", TZ, nullable=False),
     )  # fmt: skip
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from typing import Any
 
 from otel_bridge.config import Config
@@ -101,3 +102,31 @@ class BridgeService:
         if self.pipeline is not None and self.pipeline.counts:
             counts = ", ".join(f"{k}={v}" for k, v in sorted(self.pipeline.counts.items()))
             log.info("totals since start: %s", counts)
+
+
+class ThreadedService:
+    """A BridgeService on its own event loop in a background thread: `otel-bridge demo`, tests
+    and benchmarks run the real receiver in-process next to a synchronous client."""
+
+    def __init__(self, config: Config) -> None:
+        self.service = BridgeService(config)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="otel-bridge", daemon=True)
+        self._thread.start()
+        try:
+            self._call(self.service.start())
+        except BaseException:
+            self.stop()
+            raise
+        assert self.service.receiver is not None
+        self.port = self.service.receiver.port
+        self.endpoint = f"127.0.0.1:{self.port}"
+
+    def _call(self, coro: Any, timeout: float = 120) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self._call(self.service.stop())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)

@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 ROLES = ("General User", "Employee", "Quality Analyst", "Auditor", "Quality Supervisor", "Manager",
@@ -196,11 +196,16 @@ def random_requests(count: int, seed: int = 7, error_rate: float = 0.1) -> list[
     return out
 
 
-def provider(exporter: SpanExporter, service: str = "cqms-api", environment: str = "production") -> TracerProvider:
+def provider(
+    exporter: SpanExporter, service: str = "cqms-api", environment: str = "production", batch: bool = False
+) -> TracerProvider:
+    """An SDK TracerProvider exporting to `exporter`: synchronously for tests, batched (as real
+    apps do) with `batch=True`."""
     resource = Resource.create({"service.name": service, "service.version": "2.4.1",
                                 "deployment.environment.name": environment})  # fmt: skip
     tp = TracerProvider(resource=resource)
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    processor = BatchSpanProcessor(exporter, max_queue_size=100_000) if batch else SimpleSpanProcessor(exporter)
+    tp.add_span_processor(processor)
     return tp
 
 

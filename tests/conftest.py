@@ -3,11 +3,9 @@ test, and the real receiver on a free 127.0.0.1 port in a background event loop.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 
 from otel_bridge.config import Config
 from otel_bridge.database import migrate
-from otel_bridge.service import BridgeService
+from otel_bridge.service import ThreadedService
 
 _db_counter = itertools.count()
 
@@ -67,27 +65,7 @@ def db_url(empty_db_url: str) -> str:
     return empty_db_url
 
 
-class RunningBridge:
-    """`otel-bridge serve` in-process: its own event loop in a thread, like a real server."""
-
-    def __init__(self, config: Config) -> None:
-        self.service = BridgeService(config)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        self._call(self.service.start())
-        assert self.service.receiver is not None
-        self.port = self.service.receiver.port
-        self.endpoint = f"127.0.0.1:{self.port}"
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
-
-    def stop(self) -> None:
-        self._call(self.service.stop())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
+class RunningBridge(ThreadedService):
     @property
     def counts(self) -> Any:
         assert self.service.pipeline is not None
@@ -107,10 +85,22 @@ def bridge_config(db_url: str, data_dir: Path, **env: str) -> Config:
 
 
 @pytest.fixture
-def bridge(db_url: str, tmp_path: Path) -> Iterator[RunningBridge]:
-    running = RunningBridge(bridge_config(db_url, tmp_path))
-    yield running
-    running.stop()
+def start_bridge(tmp_path: Path) -> Iterator[Callable[..., RunningBridge]]:
+    """`start_bridge(db_url, **env)` -> a running receiver, stopped after the test."""
+    started: list[RunningBridge] = []
+
+    def start(url: str, **env: str) -> RunningBridge:
+        started.append(RunningBridge(bridge_config(url, tmp_path, **env)))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def bridge(db_url: str, start_bridge: Callable[..., RunningBridge]) -> RunningBridge:
+    return start_bridge(db_url)
 
 
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
