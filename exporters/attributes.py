@@ -17,11 +17,17 @@ MAX_DEPTH = 64
 Attributes = dict[str, Any]
 
 
+def clean(text: str) -> str:
+    """PostgreSQL text and jsonb refuse NUL characters; one in an attribute must not fail the
+    whole Export's transaction."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
 def decode_value(value: Any, depth: int = 0) -> Any:
     """One `AnyValue` -> str | bool | int | float | bytes-as-base64 | list | dict | None."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
-        return value.string_value
+        return clean(value.string_value)
     if kind == "int_value":
         return value.int_value
     if kind == "double_value":
@@ -35,14 +41,41 @@ def decode_value(value: Any, depth: int = 0) -> Any:
     if kind == "array_value":
         return [decode_value(v, depth + 1) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return {kv.key: decode_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
+        return {clean(kv.key): decode_value(kv.value, depth + 1) for kv in value.kvlist_value.values}
     # bytes_value: JSON-safe form, as OTLP/JSON itself encodes bytes.
     return base64.b64encode(value.bytes_value).decode("ascii")
 
 
 def decode_attributes(key_values: Iterable[Any]) -> Attributes:
     """Repeated `KeyValue` -> dict. A repeated key keeps its last value, as the SDKs do."""
-    return {kv.key: decode_value(kv.value) for kv in key_values}
+    out: Attributes = {}
+    for kv in key_values:
+        key, value = kv.key, kv.value
+        if "\x00" in key:
+            key = clean(key)
+        # Inline fast path: most attribute values are plain strings.
+        if value.WhichOneof("value") == "string_value":
+            text = value.string_value
+            out[key] = text.replace("\x00", "") if "\x00" in text else text
+        else:
+            out[key] = decode_value(value)
+    return out
+
+
+def decode_selected(key_values: Iterable[Any], wanted: frozenset[str]) -> Attributes:
+    """Only the `wanted` keys: spans that yield no row are read for identity alone, without
+    paying for every value's decoding."""
+    out: Attributes = {}
+    for kv in key_values:
+        key = kv.key
+        if key in wanted:
+            value = kv.value
+            if value.WhichOneof("value") == "string_value":
+                text = value.string_value
+                out[key] = text.replace("\x00", "") if "\x00" in text else text
+            else:
+                out[key] = decode_value(value)
+    return out
 
 
 def first(attrs: Mapping[str, Any], *names: str) -> Any:
@@ -50,8 +83,9 @@ def first(attrs: Mapping[str, Any], *names: str) -> Any:
     old one (Python instrumentations still emit the old names by default)."""
     for name in names:
         value = attrs.get(name)
-        if value is not None and value != "" and value != []:
-            return value
+        if value is None or value == "" or (value.__class__ is list and not value):
+            continue
+        return value
     return None
 
 

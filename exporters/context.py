@@ -90,8 +90,11 @@ class Identity:
             self.page_view_id = as_str(attrs.get(conv.PAGE_VIEW_ID))
 
 
+_IDENTITY_KEY_SET = frozenset(IDENTITY_KEYS)
+
+
 def has_identity(attrs: Mapping[str, Any]) -> bool:
-    return any(k in attrs for k in IDENTITY_KEYS)
+    return not _IDENTITY_KEY_SET.isdisjoint(attrs.keys())
 
 
 def client_ip(attrs: Mapping[str, Any]) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -34,8 +34,12 @@ def row_id(unix_nano: int, *parts: bytes) -> uuid.UUID:
     return uuid.UUID(int=value)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def timestamp(unix_nano: int) -> datetime:
-    return datetime.fromtimestamp(unix_nano / 1e9, tz=timezone.utc)
+    """Exact to the microsecond (PostgreSQL's resolution); float seconds would round."""
+    return _EPOCH + timedelta(microseconds=unix_nano // 1000)
 
 
 def _table(name: str, time_column: str, pg_types: tuple[str, ...]) -> Callable[[type[R]], type[R]]:

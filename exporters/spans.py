@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from otel_bridge.exporters import failures as fl
@@ -20,10 +22,12 @@ from otel_bridge.exporters.attributes import (
     as_int,
     as_str,
     decode_attributes,
+    decode_selected,
     first,
     prefixed,
 )
 from otel_bridge.exporters.context import (
+    IDENTITY_KEYS,
     Defaults,
     Identity,
     IpHash,
@@ -51,6 +55,17 @@ SPAN_KIND_CLIENT = 3
 STATUS_CODE_ERROR = 2
 
 _ASGI_INTERNAL_SUFFIXES = (" http send", " http receive", " websocket send", " websocket receive")
+_IDENTITY_AND_CRUMBS = frozenset((*IDENTITY_KEYS, "otel_bridge.breadcrumbs"))
+# Every attribute the SERVER and CLIENT rows read; the rest is decoded only for error rows.
+_ROW_KEYS = _IDENTITY_AND_CRUMBS | frozenset(
+    {"http.request.method", "http.method", "http.route", "url.path", "http.target",
+     "http.response.status_code", "http.status_code", "http.request.body.size",
+     "http.request_content_length", "http.response.body.size", "http.response_content_length",
+     "client.address", "http.client_ip", "net.peer.ip", "user_agent.original", "http.user_agent",
+     "db.system.name", "db.system", "db.query.text", "db.statement", "db.operation.name",
+     "db.operation", "db.collection.name", "db.sql.table", "db.response.returned_rows",
+     "db.namespace", "db.name"}
+)  # fmt: skip
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 
@@ -81,6 +96,7 @@ class TraceRows:
     db_performance: list[DbPerformanceRow] = field(default_factory=list)
     errors: list[ErrorRow] = field(default_factory=list)
     query_patterns: dict[str, QueryPatternRow] = field(default_factory=dict)
+    pattern_last_seen: dict[str, datetime] = field(default_factory=dict)  # folded in at the end
     spans: int = 0
     ignored: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -104,7 +120,7 @@ class _Span:
     """One valid span with its decoded attributes and what the mapping derived from them."""
 
     __slots__ = ("pb", "attrs", "res", "trace_id", "span_id", "parent_span_id", "events",
-                 "trace_hex", "span_hex", "method", "db_system", "category")  # fmt: skip
+                 "method", "db_system", "category", "_all_attrs")  # fmt: skip
 
     def __init__(self, pb: Any, attrs: Attributes, res: ResourceContext, browser: bool) -> None:
         self.pb = pb
@@ -114,10 +130,10 @@ class _Span:
         self.span_id: bytes = pb.span_id
         self.parent_span_id: bytes = pb.parent_span_id
         self.events = pb.events
-        self.trace_hex: str = pb.trace_id.hex()
-        self.span_hex: str = pb.span_id.hex()
-        self.method = as_str(first(attrs, "http.request.method", "http.method"))
-        self.db_system = as_str(first(attrs, "db.system.name", "db.system"))
+        self._all_attrs: Attributes | None = None
+        get = attrs.get
+        self.method = as_str(get("http.request.method") or get("http.method"))
+        self.db_system = as_str(get("db.system.name") or get("db.system"))
         if pb.kind == SPAN_KIND_CLIENT and self.db_system:
             self.category = "Database"
         elif pb.kind == SPAN_KIND_SERVER and self.method:
@@ -126,6 +142,22 @@ class _Span:
             self.category = "JavaScript"
         else:
             self.category = "Application"
+
+
+    def all_attrs(self) -> Attributes:
+        """Every attribute, decoded on first use: only error rows (context, headers, bodies)
+        need them, and decoding is most of the mapping's cost (research/ceilings.md B)."""
+        if self._all_attrs is None:
+            self._all_attrs = decode_attributes(self.pb.attributes)
+        return self._all_attrs
+
+    @property
+    def trace_hex(self) -> str:
+        return self.trace_id.hex()
+
+    @property
+    def span_hex(self) -> str:
+        return self.span_id.hex()
 
 
 def _invalid(span: Any) -> str | None:
@@ -138,6 +170,10 @@ def _invalid(span: Any) -> str | None:
     if span.end_time_unix_nano < span.start_time_unix_nano:
         return "ending before they start"
     return None
+
+
+def _has_exception(span: Any) -> bool:
+    return bool(span.events) and any(fl.is_exception_event(e.name) for e in span.events)
 
 
 def _is_asgi_internal(span: Any) -> bool:
@@ -162,10 +198,17 @@ def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> 
                 if problem:
                     out.reject(problem)
                     continue
-                if _is_asgi_internal(pb):
+                kind = pb.kind
+                if kind == SPAN_KIND_SERVER or kind == SPAN_KIND_CLIENT:
+                    attrs = decode_selected(pb.attributes, _ROW_KEYS)
+                elif _is_asgi_internal(pb) and not _has_exception(pb):
                     out.ignored += 1
                     continue
-                span = _Span(pb, decode_attributes(pb.attributes), res, browser)
+                else:
+                    # No row of its own: only its identity and breadcrumbs (and, if it failed,
+                    # its other attributes, decoded later for the error's context) can matter.
+                    attrs = decode_selected(pb.attributes, _IDENTITY_AND_CRUMBS)
+                span = _Span(pb, attrs, res, browser)
                 spans.append(span)
                 if has_identity(span.attrs):
                     identities.setdefault(span.trace_id, Identity()).absorb(span.attrs)
@@ -187,15 +230,25 @@ def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> 
     no_identity = Identity()
     for span in spans:
         ident = identities.get(span.trace_id, no_identity)
-        if span.category == "API" and span.pb.kind == SPAN_KIND_SERVER:
-            _map_server_span(span, ident, settings, ip_hash, failures_by_span, failures, out)
-        elif span.category == "Database":
-            _map_db_span(span, ident, settings, out)
-        elif span.span_id not in failures_by_span:
-            out.ignored += 1
+        try:
+            if span.category == "API" and span.pb.kind == SPAN_KIND_SERVER:
+                _map_server_span(span, ident, settings, ip_hash, failures_by_span, failures, out)
+            elif span.category == "Database":
+                _map_db_span(span, ident, settings, out)
+            elif span.span_id not in failures_by_span:
+                out.ignored += 1
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # Attribute values of unexpected types: reject this span, never the whole request
+            # (an exception here would make the sender retry the same poison data forever).
+            out.reject(f"that could not be mapped ({type(exc).__name__}: {exc})"[:200])
+    for query_hash, last_seen in out.pattern_last_seen.items():
+        out.query_patterns[query_hash] = out.query_patterns[query_hash]._replace(last_seen=last_seen)
     for failure in failures:
         ident = identities.get(failure.span.trace_id, no_identity)
-        out.errors.append(_error_row(failure, ident, spans_by_id, servers.get(failure.span.trace_id)))
+        try:
+            out.errors.append(_error_row(failure, ident, spans_by_id, servers.get(failure.span.trace_id)))
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            out.reject(f"with an exception event that could not be mapped ({type(exc).__name__})")
     return out
 
 
@@ -209,14 +262,18 @@ def _map_server_span(
     out: TraceRows,
 ) -> None:
     pb, attrs, res = span.pb, span.attrs, span.res
+    get = attrs.get  # `a or b` below: the stable name first, then the old one
     method = (span.method or "").upper()
+    route = get("http.route")
     endpoint = endpoint_path(
-        as_str(attrs.get("http.route")),
-        as_str(first(attrs, "url.path", "http.target")),
+        str(route) if route else None,
+        as_str(get("url.path") or get("http.target")),
         pb.name,
         method,
     )
-    status = as_int(first(attrs, "http.response.status_code", "http.status_code"))
+    status = get("http.response.status_code") or get("http.status_code")
+    if status.__class__ is not int:
+        status = as_int(status)
     if status is not None and not 100 <= status <= 599:
         status = None
     duration_ms = (pb.end_time_unix_nano - pb.start_time_unix_nano) / 1e6
@@ -228,8 +285,8 @@ def _map_server_span(
         ApiPerformanceRow(
             row_id(pb.start_time_unix_nano, *key, b"api"), endpoint, method, start, duration_ms,
             status,
-            as_int(first(attrs, "http.request.body.size", "http.request_content_length")),
-            as_int(first(attrs, "http.response.body.size", "http.response_content_length")),
+            as_int(get("http.request.body.size") or get("http.request_content_length")),
+            as_int(get("http.response.body.size") or get("http.response_content_length")),
             ident.user_id, ident.user_role, ident.session_id, ip, agent,
             duration_ms >= settings.slow_api_ms, res.service_name, res.service_version,
             res.environment, span.trace_hex, span.span_hex, ident.page_view_id,
@@ -249,9 +306,9 @@ def _map_server_span(
         ApiErrorRow(
             error_id, error_id, endpoint, method, status or 500, message,
             cap(failure.stack) if failure else None, failure.exc_type if failure else None,
-            _body(attrs.get("http.request.body.content")),
-            scrub_headers(prefixed(attrs, "http.request.header.")) or None,
-            _body(attrs.get("http.response.body.content")),
+            _body(span.all_attrs().get("http.request.body.content")),
+            scrub_headers(prefixed(span.all_attrs(), "http.request.header.")) or None,
+            _body(span.all_attrs().get("http.response.body.content")),
             timestamp(error_time), ident.user_id, ident.user_role, ident.session_id, ip, agent,
             res.service_name, res.service_version, res.environment, span.trace_hex,
             span.span_hex, ident.page_view_id, None,
@@ -271,32 +328,35 @@ def _body(value: Any) -> Any:
     return scrub(value)
 
 
+@lru_cache(maxsize=4096)
+def _sql_facts(statement: str) -> tuple[str, str, str | None, str | None]:
+    """(pattern, hash, operation, table) of a statement. Apps run few distinct (parameterized)
+    statements, so the parsing is done once per statement text, not once per span."""
+    normalized = sqln.normalize_sql(statement)
+    return normalized, sqln.query_hash(normalized), sqln.query_type(statement), sqln.table_name(statement)
+
+
 def _map_db_span(span: _Span, ident: Identity, settings: SpanMappingSettings, out: TraceRows) -> None:
     pb, attrs, res = span.pb, span.attrs, span.res
     statement = as_str(first(attrs, "db.query.text", "db.statement"))
+    normalized = query_hash = parsed_type = parsed_table = None
+    if statement:
+        normalized, query_hash, parsed_type, parsed_table = _sql_facts(statement)
     operation = as_str(first(attrs, "db.operation.name", "db.operation"))
-    query_type = (operation.split()[0].upper() if operation else None) or (
-        sqln.query_type(statement) if statement else None
-    )
+    query_type = (operation.split()[0].upper() if operation else None) or parsed_type
     if query_type is None:
         name_head = pb.name.split(" ", 1)[0].upper()
         query_type = name_head if name_head.isalpha() else "UNKNOWN"
-    table = as_str(first(attrs, "db.collection.name", "db.sql.table")) or (
-        sqln.table_name(statement) if statement else None
-    )
-    table = table or "unknown"
+    table = as_str(first(attrs, "db.collection.name", "db.sql.table")) or parsed_table or "unknown"
     start = timestamp(pb.start_time_unix_nano)
-    query_hash = None
-    if statement:
-        normalized = sqln.normalize_sql(statement)
-        query_hash = sqln.query_hash(normalized)
+    if normalized is not None and query_hash is not None:
         known = out.query_patterns.get(query_hash)
         if known is None:
             out.query_patterns[query_hash] = QueryPatternRow(
                 query_hash, normalized, query_type, table, span.db_system, start, start
             )
-        elif start > known.last_seen:
-            out.query_patterns[query_hash] = known._replace(last_seen=start)
+        elif start > out.pattern_last_seen.get(query_hash, known.last_seen):
+            out.pattern_last_seen[query_hash] = start
     duration_ms = (pb.end_time_unix_nano - pb.start_time_unix_nano) / 1e6
     out.db_performance.append(
         DbPerformanceRow(
@@ -319,8 +379,8 @@ def _error_row(
     """One error_logs row; the request's SERVER span fills in URL and user agent when the
     failing span (a DB call, a handler) has none."""
     span = failure.span
-    attrs, res = span.attrs, span.res
-    request_attrs = server.attrs if server is not None else {}
+    attrs, res = span.all_attrs(), span.res
+    request_attrs = server.all_attrs() if server is not None else {}
     context: dict[str, Any] = {
         k: v
         for k, v in attrs.items()
@@ -334,7 +394,7 @@ def _error_row(
         error_code = as_str(first(attrs, "db.response.status_code"))
         statement = as_str(first(attrs, "db.query.text", "db.statement"))
         if statement:
-            context["query"] = sqln.normalize_sql(statement)
+            context["query"] = _sql_facts(statement)[0]
             context.pop("db.query.text", None)
             context.pop("db.statement", None)
     error_id = row_id(failure.time_unix_nano, span.trace_id, span.span_id, b"error",

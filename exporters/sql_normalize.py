@@ -1,14 +1,10 @@
-"""Query patterns, operation and primary table of SQL statements (pure, stdlib only).
+"""Query pattern, operation and primary table of a SQL statement (pure, stdlib only).
 
-`normalize_sql` turns a statement into a pattern in the spirit of pg_stat_statements: literals
-and placeholders become `?`, comments go, keywords are lower-cased and tokens are re-spaced by
-fixed rules, so statements that differ only in values, placeholder style, layout or IN-list
-length group under one `query_hash`. The pattern never contains a literal, so it is also safe to
-show next to errors.
-
-Everything runs once per DB span, so all of it is driven by one compiled tokenizer regex: one
-pass for the pattern, and a lazy, early-exiting walk for the operation and the table. Nothing
-raises: unbalanced quotes, brackets or comments simply run to the end of the text.
+`normalize_sql` works like pg_stat_statements: literals and placeholders become `?`, comments go,
+keywords are lower-cased and tokens re-spaced by fixed rules, so statements differing only in
+values, placeholder style, layout or IN-list length share one `query_hash`; a pattern never holds
+a literal. It runs once per DB span, so one compiled tokenizer regex drives everything, and
+nothing raises: an unclosed quote, comment or bracket simply runs to the end of the text.
 """
 
 from __future__ import annotations
@@ -17,115 +13,117 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-__all__ = ["MAX_STATEMENT_CHARS", "first_keyword", "normalize_sql", "query_hash", "query_type", "table_name"]
+__all__ = ["first_keyword", "normalize_sql", "query_hash", "query_type", "table_name"]
 
-# Only the head of a giant statement (multi-megabyte bulk INSERTs exist) is looked at, so one
-# span cannot cost more than a few milliseconds; the head decides the pattern anyway.
+# Only the head of a giant statement (multi-megabyte bulk INSERTs exist) is read, so one span
+# cannot cost more than a few milliseconds; the head decides the pattern anyway.
 MAX_STATEMENT_CHARS = 64 * 1024
 
-# Alternation order matters: strings before words (so E'..' is not the identifier `e`),
-# placeholders before numbers and operators (`$1`, `%s`), `::` before `:name` placeholders.
+# Whitespace and comments are swallowed before each token so they never reach Python. Groups:
+# 1 word (E'..', N'..', U&'..' are strings, not words), 2 literal or placeholder (`::` casts are
+# not `:name` placeholders; 3 is a dollar-quote tag), 4 anything else, kept verbatim.
 _TOKEN = re.compile(
     r"""
-    (?P<ws>\s+)
-  | (?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))
-  | (?P<quoted>"[^"]*(?:""[^"]*)*"?|`[^`]*`?)
-  | (?P<string>[eE]'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'?
-      | (?:[uU]&|[nNbBxX])?'[^']*(?:''[^']*)*'?
-      | \$(?P<tag>(?:[^\W\d]\w*)?)\$(?:.*?\$(?P=tag)\$|.*))
-  | (?P<param>%(?:\(\w+\))?s|\$\d+|\?|:[^\W\d]\w*)
-  | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
-  | (?P<word>[^\W\d][\w$]*)
-  | (?P<op>::|->>|\#>>|=>|[<>!=]=|<>|\|\||->|\#>|@>|<@|&&|<<|>>|!?~\*?|[-+*/<>=~!@\#%^&|])
-  | (?P<other>.)
+    \s*+(?:(?:--[^\n]*|/\*.*?(?:\*/|\Z))\s*+)*+
+    (?: ((?![eEnNbBxX]'|[uU]&')[^\W\d][\w$]*+)
+      | ( 0[xX][0-9a-fA-F]++ | \d+\.?\d*(?:[eE][+-]?\d+)? | \.\d+(?:[eE][+-]?\d+)?
+        | '[^']*+(?:''[^']*+)*+'?
+        | [eE]'[^'\\]*+(?:(?:\\.|'')[^'\\]*+)*+'?
+        | (?:[uU]&|[nNbBxX])'[^']*+(?:''[^']*+)*+'?
+        | \$(?:\d++|((?:[^\W\d]\w*+)?)\$(?:.*?\$\3\$|.*+))
+        | %(?:\(\w++\))?s | \? | :[^\W\d]\w*+ )
+      | ( [(),;.\[\]] | "[^"]*+(?:""[^"]*+)*+"? | `[^`]*+`?
+        | ::|->>|\#>>|=>|[<>!=]=|<>|\|\||->|\#>|@>|<@|&&|<<|>>|!?~\*?|[-+*/<>=~!@\#%^&|]
+        | . )
+    )?
     """,
     re.VERBOSE | re.DOTALL,
 )
 
-# Words after which `(` is a group rather than a call, and `-` is a sign rather than a
+# Words after which `(` opens a group rather than a call, and `-` is a sign rather than a
 # subtraction. Both only shape the pattern's text, so the list need not be complete.
 _KEYWORDS = frozenset(
-    "all and any as between by case distinct else exists filter from having ilike in is join"
-    " lateral like limit not offset on or over returning select set some then using values"
-    " when where with".split()
+    "all and any as between by case conflict distinct else exists filter from having ilike in"
+    " is join lateral like limit not offset on or over returning select set some then using"
+    " values when where with".split()
 )
 _SIGN_AFTER = _KEYWORDS | {"(", ",", "[", ";"}
 _OPERATOR_START = frozenset("+-*/<>=~!@#%^&|")
 _NO_SPACE_BEFORE = frozenset({",", ")", "]", ".", ";", "["})
 _NO_SPACE_AFTER = frozenset({"(", "[", "."})
-# Unquoted identifiers fold only ASCII: str.lower() can turn one letter into a letter plus a
-# combining mark, which would re-tokenize differently and break idempotence.
+# Only ASCII is folded: str.lower() can turn one letter into a letter plus a combining mark,
+# which tokenizes differently and would break idempotence.
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 _MAIN_STATEMENTS = frozenset({"select", "insert", "update", "delete", "merge"})
-_DDL_MODIFIERS = frozenset({"or", "replace", "temp", "temporary", "unlogged", "global", "local", "foreign"})
+_DDL_MODIFIERS = frozenset({"or", "replace", "temp", "temporary", "unlogged", "global", "local"})
 _NAME_PREFIXES = frozenset({"only", "table", "if", "not", "exists", "into", "ignore"})
 
 
 def normalize_sql(statement: str) -> str:
-    """The query pattern: `SELECT * FROM t WHERE id IN (1, 2)` -> `select * from t where id in (?)`."""
+    """The pattern: `SELECT * FROM t WHERE id IN (1, 2)` -> `select * from t where id in (?)`."""
     if not isinstance(statement, str):
         return ""
     out: list[str] = []
     opens: list[int] = []  # indices in `out` of unclosed `(` / `[`
     first_row_end = -1  # index in `out` of the `)` closing the first VALUES row
-    for m in _TOKEN.finditer(statement, 0, MAX_STATEMENT_CHARS):
-        kind = m.lastgroup
-        if kind == "word":
-            tok = m.group()
-            out.append(tok.lower() if tok.isascii() else tok.translate(_ASCII_LOWER))
-        elif kind == "string" or kind == "number" or kind == "param":
-            # `x = -1` and `x = 1` are the same pattern; `a - 1` keeps its operator.
-            while out and out[-1] == "-" and (len(out) == 1 or _is_sign_context(out[-2])):
+    for word, literal, _, tok in _TOKEN.findall(statement, 0, MAX_STATEMENT_CHARS):
+        if word:
+            out.append(word.lower() if word.isascii() else word.translate(_ASCII_LOWER))
+        elif literal:
+            # `x = -1` and `x = 1` are one pattern; `a - 1` keeps its operator.
+            while out and out[-1] == "-" and (
+                len(out) == 1 or out[-2] in _SIGN_AFTER or out[-2][0] in _OPERATOR_START
+            ):
                 out.pop()
             out.append("?")
-        elif kind == "other":
-            tok = m.group()
-            if tok == "(" or tok == "[":
-                opens.append(len(out))
-            elif (tok == ")" or tok == "]") and opens:
-                start = opens.pop()
-                opener, before = out[start], out[start - 1] if start else ""
-                if (before == "in" and opener == "(" and tok == ")") or (
-                    before == "array" and opener == "[" and tok == "]"
-                ):
-                    if _is_literal_list(out, start + 1):
-                        del out[start + 2 :]
-                elif opener == "(" and tok == ")":
-                    if before == "values":
-                        first_row_end = len(out)
-                    elif before == "," and start - 2 == first_row_end:
-                        del out[start - 1 :]  # a further VALUES row: the first one stands for all
-                        continue
+        elif tok == "(" or tok == "[":
+            opens.append(len(out))
             out.append(tok)
-        elif kind != "ws" and kind != "comment":
-            out.append(m.group())
+        elif (tok == ")" or tok == "]") and opens:
+            start = opens.pop()
+            opener, before = out[start], out[start - 1] if start else ""
+            if (before == "in" and opener == "(" and tok == ")") or (
+                before == "array" and opener == "[" and tok == "]"
+            ):
+                _collapse_list(out, start + 1)
+            elif opener == "(" and tok == ")":
+                if before == "values":
+                    first_row_end = len(out)
+                elif before == "," and start - 2 == first_row_end:
+                    del out[start - 1 :]  # a further VALUES row: the first stands for all
+                    continue
+            out.append(tok)
+        elif tok:
+            out.append(tok)
     while out and out[-1] == ";":
         out.pop()
     return _render(out)
 
 
-def _is_sign_context(prev: str) -> bool:
-    return prev in _SIGN_AFTER or prev[0] in _OPERATOR_START
-
-
-def _is_literal_list(out: list[str], begin: int) -> bool:
+def _collapse_list(out: list[str], begin: int) -> None:
+    """Keep only the first item if `out[begin:]` is `?, ?, ...` or `(?, ?), (?, ?), ...`."""
     items = out[begin:]
-    return len(items) % 2 == 1 and all(t == "?" for t in items[::2]) and all(t == "," for t in items[1::2])
+    width = items.index(")") + 2 if items[:1] == ["("] and ")" in items else 2
+    first = items[: width - 1]
+    if set(first) <= {"(", "?", ",", ")"} and items + [","] == (first + [","]) * (
+        (len(items) + 1) // width
+    ):
+        del out[begin + width - 1 :]
 
 
 def _render(tokens: list[str]) -> str:
-    """Join with spacing that depends on the tokens alone, never on the input's layout, so
-    `a=1` and `a = 1` match; glued pairs never re-tokenize differently (idempotence)."""
+    """Spacing depends on the tokens alone, never on the input's layout (`a=1` is `a = 1`), and
+    no two glued tokens read back differently, which keeps normalization idempotent."""
     parts: list[str] = []
     prev = ""
     for tok in tokens:
         if not prev or tok in _NO_SPACE_BEFORE or prev in _NO_SPACE_AFTER:
             pass
         elif tok == "::" or prev == "::":
-            if prev == ":" or tok == ":":  # `:` + `::` glued would read back as `::` + `:`
+            if prev == ":" or tok == ":":  # `:` glued to `::` would read back as `::` + `:`
                 parts.append(" ")
-        elif tok != "(" or prev in _KEYWORDS or not (prev[0].isalpha() or prev[0] in '_"`'):
+        elif tok != "(" or prev in _KEYWORDS or not (prev[0].isalnum() or prev[0] in '_"`'):
             parts.append(" ")  # calls stay tight (`count(*)`), groups are spaced (`in (?)`)
         parts.append(tok)
         prev = tok
@@ -135,20 +133,18 @@ def _render(tokens: list[str]) -> str:
 def query_hash(normalized: str) -> str:
     """First 16 hex digits of the SHA-256 of a pattern from `normalize_sql`."""
     text = normalized if isinstance(normalized, str) else ""
-    # surrogatepass: lone surrogates (from lossy decoding upstream) must hash, not raise.
+    # Lone surrogates (lossy decoding upstream) must hash, not raise.
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def first_keyword(text: str) -> str | None:
-    """The first word after leading comments and parentheses, upper-cased; None if there is none."""
-    if not isinstance(text, str):
-        return None
-    word = _leading_word(_significant(text))
+    """The first word after leading comments and parentheses, upper-cased; None if none."""
+    word = _leading_word(_significant(text)) if isinstance(text, str) else None
     return word.upper() if word else None
 
 
 def query_type(statement: str) -> str | None:
-    """`SELECT`, `INSERT`, ...: the first keyword, except that `WITH` gives the main statement's."""
+    """`SELECT`, `INSERT`...: the first keyword, except that `WITH` gives the main statement's."""
     if not isinstance(statement, str):
         return None
     tokens = _significant(statement)
@@ -159,10 +155,8 @@ def query_type(statement: str) -> str | None:
 
 
 def table_name(statement: str) -> str | None:
-    """The primary table as written (`public.users`, `"Users"` -> `Users`), or None.
-
-    Case is kept as the application wrote it, as OpenTelemetry recommends for
-    `db.collection.name`; only the quotes go."""
+    """The primary table as written (`public.users`; `"Users"` -> `Users`), or None. Case is
+    kept, as OpenTelemetry recommends for `db.collection.name`; only the quotes go."""
     if not isinstance(statement, str):
         return None
     tokens = _significant(statement)
@@ -174,81 +168,82 @@ def table_name(statement: str) -> str | None:
     if word in ("insert", "merge", "update", "copy", "truncate"):
         return _name(tokens)[0]
     if word in ("create", "alter", "drop"):
-        for kind, text in tokens:
-            if kind == "word" and text.lower() == "table":
+        for is_word, tok in tokens:
+            if is_word and tok.lower() == "table":
                 return _name(tokens)[0]
-            if kind != "word" or text.lower() not in _DDL_MODIFIERS:
+            if not is_word or tok.lower() not in _DDL_MODIFIERS:
                 return None  # an index, view, function...: no table of its own
     return None
 
 
-def _significant(statement: str) -> Iterator[tuple[str, str]]:
+_Tokens = Iterator[tuple[bool, str]]  # (is a word, text) for each token after comments go
+
+
+def _significant(statement: str) -> _Tokens:
     for m in _TOKEN.finditer(statement, 0, MAX_STATEMENT_CHARS):
-        kind = m.lastgroup
-        if kind != "ws" and kind != "comment":
-            yield kind, m.group()
+        word, literal, _, other = m.groups()
+        if word or literal or other:
+            yield bool(word), word or literal or other
 
 
-def _leading_word(tokens: Iterator[tuple[str, str]]) -> str | None:
-    for kind, text in tokens:
-        if text != "(":
-            return text.lower() if kind == "word" else None
+def _leading_word(tokens: _Tokens) -> str | None:
+    for is_word, tok in tokens:
+        if tok != "(":
+            return tok.lower() if is_word else None
     return None
 
 
-def _main_after_ctes(tokens: Iterator[tuple[str, str]]) -> str | None:
+def _main_after_ctes(tokens: _Tokens) -> str | None:
     """Consume the CTEs of a WITH; return the main statement's keyword (lower-case)."""
     depth, prev = 0, ""
-    for kind, text in tokens:
-        if text == "(":
+    for is_word, tok in tokens:
+        if tok == "(":
             if depth == 0 and prev == ")":  # `WITH x AS (...) (SELECT ...)`
                 return _leading_word(tokens)
             depth += 1
-        elif text == ")":
+        elif tok == ")":
             depth -= 1
-        elif depth == 0 and kind == "word" and text.lower() in _MAIN_STATEMENTS:
-            return text.lower()
-        prev = text
+        elif depth == 0 and is_word and tok.lower() in _MAIN_STATEMENTS:
+            return tok.lower()
+        prev = tok
     return None
 
 
-def _name(tokens: Iterator[tuple[str, str]]) -> tuple[str | None, tuple[str, str] | None]:
-    """Read a possibly qualified name, skipping ONLY / IF NOT EXISTS / INTO...; also return the
-    token that follows it, which the caller still has to look at."""
-    tok = next(tokens, None)
-    while tok is not None and tok[0] == "word" and tok[1].lower() in _NAME_PREFIXES:
-        tok = next(tokens, None)
+def _name(tokens: _Tokens) -> tuple[str | None, str]:
+    """Read a possibly qualified name after ONLY / IF NOT EXISTS / INTO...; also return the
+    text of the token after it, which the caller still has to look at."""
+    is_word, tok = next(tokens, (False, ""))
+    while is_word and tok.lower() in _NAME_PREFIXES:
+        is_word, tok = next(tokens, (False, ""))
     parts: list[str] = []
-    while tok is not None and tok[0] in ("word", "quoted"):
-        text = tok[1]
-        if tok[0] == "quoted":
-            quote = text[0]
-            text = text[1:-1] if len(text) > 1 and text.endswith(quote) else text[1:]
-            text = text.replace(quote * 2, quote)
-        parts.append(text)
-        tok = next(tokens, None)
-        if tok is None or tok[1] != ".":
+    while is_word or tok[:1] in ('"', "`"):
+        if not is_word:  # quoted: drop the quotes, undouble the inner ones
+            quote = tok[0]
+            tok = tok[1:-1] if len(tok) > 1 and tok.endswith(quote) else tok[1:]
+            tok = tok.replace(quote * 2, quote)
+        parts.append(tok)
+        is_word, tok = next(tokens, (False, ""))
+        if tok != ".":
             break
-        tok = next(tokens, None)
+        is_word, tok = next(tokens, (False, ""))
     return (".".join(parts) or None), tok
 
 
-def _from_table(tokens: Iterator[tuple[str, str]]) -> str | None:
+def _from_table(tokens: _Tokens) -> str | None:
     """The table after the first top-level FROM, else after the first FROM in a subquery."""
     depth, fallback = 0, None
-    tok = next(tokens, None)
-    while tok is not None:
-        kind, text = tok
-        if text == "(":
+    tok = next(tokens, (False, ""))[1]
+    while tok:
+        if tok == "(":
             depth += 1
-        elif text == ")":
+        elif tok == ")":
             depth -= 1
-        elif kind == "word" and text.lower() == "from":
+        elif tok.lower() == "from":  # only a word can spell it
             name, tok = _name(tokens)
-            if name is not None and (tok is None or tok[1] != "("):  # `FROM unnest(...)` is a call
+            if name is not None and tok != "(":  # `FROM unnest(...)` is a call, not a table
                 if depth <= 0:
                     return name
                 fallback = fallback or name
             continue  # `tok` is the token after the name and still needs looking at
-        tok = next(tokens, None)
+        tok = next(tokens, (False, ""))[1]
     return fallback

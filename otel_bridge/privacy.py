@@ -12,6 +12,7 @@ import hmac
 import os
 import secrets
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ MAX_STRING = 8 * 1024
 MAX_STACK = 64 * 1024
 
 
+@lru_cache(maxsize=8192)
 def is_secret_key(key: str) -> bool:
+    """Cached: the same few attribute and header names come by again and again."""
     if key in NOT_SECRET:
         return False
     lowered = key.lower().replace("-", "_")
@@ -119,11 +122,18 @@ class IpHasher:
         if len(key) < 16:
             raise ValueError("the IP hash key must be at least 16 bytes")
         self._key = key
+        self._cache: dict[str, str] = {}
 
     def __call__(self, ip: str | None) -> str | None:
         if not ip:
             return None
-        return hmac.new(self._key, ip.strip().encode(), hashlib.sha256).hexdigest()[:32]
+        digest = self._cache.get(ip)
+        if digest is None:
+            if len(self._cache) > 100_000:  # bounded: IPs repeat, but not forever
+                self._cache.clear()
+            digest = hmac.new(self._key, ip.strip().encode(), hashlib.sha256).hexdigest()[:32]
+            self._cache[ip] = digest
+        return digest
 
     @classmethod
     def from_setting(cls, configured: str | None, data_dir: Path) -> IpHasher:

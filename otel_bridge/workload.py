@@ -126,22 +126,32 @@ def db_attributes(sql: str, stable: bool) -> dict[str, Any]:
             "net.peer.name": "db.internal", "net.peer.port": 5432}  # fmt: skip
 
 
-def emit(tracer: trace.Tracer, req: Request, stable: bool) -> None:
-    """The spans of one HTTP request, timed as the request says."""
+def identity_attributes(req: Request, stable: bool) -> dict[str, Any]:
+    if stable:
+        return {"user.id": req.user_id, "user.roles": (req.role,), "session.id": req.session_id}
+    return {"enduser.id": req.user_id, "enduser.role": req.role, "session.id": req.session_id}
+
+
+def emit(tracer: trace.Tracer, req: Request, stable: bool, framework_spans: bool = True) -> None:
+    """The spans of one HTTP request, timed as the request says. With `framework_spans=False`
+    only the SERVER and database CLIENT spans are made (identity then sits on the SERVER span):
+    the dense payload of the ingest benchmark."""
     start, end = req.start_ns, req.start_ns + int(req.duration_ms * 1e6)
     name = f"{req.endpoint.method} {req.endpoint.route}"
     server = tracer.start_span(name, kind=trace.SpanKind.SERVER, start_time=start,
                                attributes=http_attributes(req, stable))  # fmt: skip
     ctx = trace.set_span_in_context(server)
-    receive = tracer.start_span(f"{name} http receive", context=ctx, start_time=start)
-    receive.set_attribute("asgi.event.type", "http.request")
-    receive.end(start + 50_000)
-    auth = tracer.start_span("auth_middleware", context=ctx, start_time=start + 60_000)
-    auth.set_attributes({"user.id": req.user_id, "user.roles": (req.role,), "session.id": req.session_id}
-                        if stable else {"enduser.id": req.user_id, "enduser.role": req.role,
-                                        "session.id": req.session_id})  # fmt: skip
-    handler = tracer.start_span(f"handler {req.endpoint.route}", context=trace.set_span_in_context(auth),
-                                start_time=start + 100_000)  # fmt: skip
+    handler = server
+    if framework_spans:
+        receive = tracer.start_span(f"{name} http receive", context=ctx, start_time=start)
+        receive.set_attribute("asgi.event.type", "http.request")
+        receive.end(start + 50_000)
+        auth = tracer.start_span("auth_middleware", context=ctx, start_time=start + 60_000)
+        auth.set_attributes(identity_attributes(req, stable))
+        handler = tracer.start_span(f"handler {req.endpoint.route}", context=trace.set_span_in_context(auth),
+                                    start_time=start + 100_000)  # fmt: skip
+    else:
+        server.set_attributes(identity_attributes(req, stable))
     handler.add_event("otel_bridge.breadcrumb", {"category": "http", "message": f"{name} started",
                                                  "level": "info"}, timestamp=start + 110_000)  # fmt: skip
     step = (end - start - 400_000) // (len(req.endpoint.queries) + 1)
@@ -158,15 +168,17 @@ def emit(tracer: trace.Tracer, req: Request, stable: bool) -> None:
         t += step
     if req.failure is not None:
         # Recorded on the handler span and again on the SERVER span, as frameworks do.
-        handler.record_exception(req.failure, timestamp=end - 150_000)
-        handler.set_status(trace.StatusCode.ERROR)
+        if framework_spans:
+            handler.record_exception(req.failure, timestamp=end - 150_000)
+            handler.set_status(trace.StatusCode.ERROR)
         server.record_exception(req.failure, timestamp=end - 100_000)
         server.set_status(trace.StatusCode.ERROR)
-    handler.end(end - 100_000)
-    auth.end(end - 90_000)
-    send = tracer.start_span(f"{name} http send", context=ctx, start_time=end - 80_000)
-    send.set_attribute("asgi.event.type", "http.response.start")
-    send.end(end - 10_000)
+    if framework_spans:
+        handler.end(end - 100_000)
+        auth.end(end - 90_000)
+        send = tracer.start_span(f"{name} http send", context=ctx, start_time=end - 80_000)
+        send.set_attribute("asgi.event.type", "http.response.start")
+        send.end(end - 10_000)
     server.end(end)
 
 
@@ -209,19 +221,21 @@ def provider(
     return tp
 
 
-def spans_for(requests: Sequence[Request], stable: bool) -> tuple[ReadableSpan, ...]:
+def spans_for(
+    requests: Sequence[Request], stable: bool, framework_spans: bool = True
+) -> tuple[ReadableSpan, ...]:
     """Finished SDK spans for these requests (in memory, nothing sent)."""
     exporter = InMemorySpanExporter()
     tp = provider(exporter)
     tracer = tp.get_tracer("opentelemetry.instrumentation.asgi")
     for req in requests:
-        emit(tracer, req, stable)
+        emit(tracer, req, stable, framework_spans)
     tp.shutdown()
     return exporter.get_finished_spans()
 
 
-def export_request(requests: Sequence[Request], stable: bool) -> Any:
+def export_request(requests: Sequence[Request], stable: bool, framework_spans: bool = True) -> Any:
     """The ExportTraceServiceRequest the SDK's OTLP exporter would send for these requests."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
-    return encode_spans(spans_for(requests, stable))
+    return encode_spans(spans_for(requests, stable, framework_spans))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import time
 from typing import Any
 
 import grpc
@@ -14,6 +15,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from otel_bridge.exporters.rows import timestamp
 from otel_bridge.workload import export_request, random_requests, spans_for
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -48,7 +50,7 @@ def test_sdk_exporter_to_rows(bridge: Any, db_url: str, rows: Any) -> None:
     first = requests[0]
     (api,) = rows(db_url, "SELECT endpoint_path, http_method, status_code, response_time_ms, user_id, "
                           "user_role, ip_address, service_name FROM api_performance_metrics "
-                          "WHERE request_timestamp = to_timestamp(%s)", (first.start_ns / 1e9,))  # fmt: skip
+                          "WHERE request_timestamp = %s", (timestamp(first.start_ns),))  # fmt: skip
     assert api[:3] == (first.endpoint.route, first.endpoint.method, first.status)
     assert api[3] == pytest.approx(first.duration_ms, rel=1e-6)
     assert api[4:6] == (first.user_id, first.role)
@@ -84,6 +86,7 @@ def test_bad_input_gets_the_right_status_and_server_keeps_serving(
     with pytest.raises(grpc.RpcError) as failure:
         raw_call(bridge.endpoint, TRACE_EXPORT, payload)
     assert failure.value.code() == code
+    assert bridge.counts["spans_received"] == 0  # refused before mapping
     # Still serving: a good request after the bad one is stored.
     raw_call(bridge.endpoint, TRACE_EXPORT, export_request(random_requests(2), stable=True).SerializeToString())
     assert counts(rows, db_url)["api_performance_metrics"] == 2
@@ -143,3 +146,26 @@ def test_health_service_reports_serving(bridge: Any) -> None:
         for service in ("", "opentelemetry.proto.collector.trace.v1.TraceService"):
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_exports_beyond_the_concurrency_bound_get_unavailable(db_url: str, start_bridge: Any, rows: Any) -> None:
+    import concurrent.futures
+
+    import psycopg
+
+    bridge = start_bridge(db_url, OTEL_BRIDGE_MAX_CONCURRENT_EXPORTS="1", OTEL_BRIDGE_QUEUE_TIMEOUT_S="0.5")
+    first = export_request(random_requests(3, seed=21), stable=True).SerializeToString()
+    second = export_request(random_requests(3, seed=22), stable=True).SerializeToString()
+    with psycopg.connect(db_url) as locker, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        # The first export takes the only slot and waits on this lock; the second cannot start.
+        locker.execute("LOCK TABLE api_performance_metrics IN ACCESS EXCLUSIVE MODE")
+        held = pool.submit(raw_call, bridge.endpoint, TRACE_EXPORT, first)
+        time.sleep(0.3)
+        with pytest.raises(grpc.RpcError) as failure:
+            raw_call(bridge.endpoint, TRACE_EXPORT, second)
+        locker.rollback()
+        held.result(timeout=10)
+    assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "overloaded" in failure.value.details()
+    assert "google.rpc.retryinfo-bin" in dict(failure.value.trailing_metadata())
+    assert counts(rows, db_url)["api_performance_metrics"] == 3
