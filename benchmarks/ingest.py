@@ -145,14 +145,15 @@ def free_port() -> int:
 
 
 def start_receiver(
-    url: str, root: Path, ip_key: str, streams: int
+    url: str, root: Path, ip_key: str, streams: int, workers: str
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     endpoint = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "OTEL_BRIDGE_DATABASE_URL": url, "OTEL_BRIDGE_GRPC_LISTEN": endpoint,
            "OTEL_BRIDGE_DATA_DIR": str(root / "data"), "OTEL_BRIDGE_IP_HASH_KEY": ip_key,
            "OTEL_BRIDGE_LOG_LEVEL": "WARNING",
            # as many concurrent exports and connections as the baseline gets (both default to 4)
-           "OTEL_BRIDGE_MAX_CONCURRENT_EXPORTS": str(streams), "OTEL_BRIDGE_DB_POOL_SIZE": str(streams)}
+           "OTEL_BRIDGE_MAX_CONCURRENT_EXPORTS": str(streams), "OTEL_BRIDGE_DB_POOL_SIZE": str(streams),
+           "OTEL_BRIDGE_INGEST_WORKERS": workers}
     logfile = root / "receiver.log"
     with logfile.open("wb") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen([str(Path(sys.executable).parent / "otel-bridge"), "serve"], env=env,
@@ -231,7 +232,8 @@ def run_client(args: argparse.Namespace) -> int:
 
     def snapshot() -> tuple[float, int, float, float, float]:
         own = os.times()
-        return (time.perf_counter(), count_rows(url), cpu_seconds(args.receiver_pid),
+        # The receiver's CPU includes its ingest worker processes (its children).
+        return (time.perf_counter(), count_rows(url), cpu_seconds(args.receiver_pid, with_children=True),
                 cpu_seconds(args.pg_pid, with_children=True), own.user + own.system)
 
     threads = [threading.Thread(target=stream, daemon=True) for _ in range(args.streams)]
@@ -332,7 +334,7 @@ def report(e2e: dict[str, Any], base: dict[str, Any], streams: int) -> None:
     print(f"end-to-end : {e2e_spans:9,.0f} spans/s {e2e_rows:9,.0f} rows/s  "
           f"({e2e['payloads_ok']} requests OK, statuses {e2e['statuses']})")
     print(f"latency    : p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms per request")
-    print(f"CPU/span   : receiver {us(e2e['receiver_cpu_s'], spans)}, postgres {us(e2e['pg_cpu_s'], spans)}, "
+    print(f"CPU/span   : receiver+workers {us(e2e['receiver_cpu_s'], spans)}, postgres {us(e2e['pg_cpu_s'], spans)}, "
           f"client {us(e2e['client_cpu_s'], spans)} (receiver busy {e2e['receiver_cpu_s'] / w:.2f} cores)")
     print(f"baseline   : {base_spans:9,.0f} spans/s {base_rows:9,.0f} rows/s  ({base['rows']} rows in "
           f"{base['seconds']:.2f} s; CPU/span writer {us(base['cpu_s'], base['spans'])}, "
@@ -357,6 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"distinct {SPANS_PER_PAYLOAD}-span payloads to pre-encode (default: enough for "
                         f"{EXPECTED_MAX_SPANS_PER_S:,} spans/s over warm-up + window)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
+    parser.add_argument("--workers", default="auto",
+                        help="receiver ingest worker processes (OTEL_BRIDGE_INGEST_WORKERS; default auto = one per CPU)")
     for hidden, kind in (("--client", str), ("--endpoint", str), ("--receiver-pid", int), ("--pg-pid", int)):
         parser.add_argument(hidden, type=kind, help=argparse.SUPPRESS)  # the load generator's flags
     args = parser.parse_args(argv)
@@ -387,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         report_mapping(base, len(pool), ip_key)
         pool_file = root / "pool.pickle"
         pool_file.write_bytes(pickle.dumps(pool))
-        receiver, endpoint, receiver_log = start_receiver(url, root, ip_key, args.streams)
+        receiver, endpoint, receiver_log = start_receiver(url, root, ip_key, args.streams, args.workers)
         wait_serving(receiver, endpoint)
         log(f"receiver pid {receiver.pid} SERVING on {endpoint}; {args.streams} streams, "
             f"{WARMUP_S:g} s warm-up + {args.seconds:g} s timed")  # fmt: skip

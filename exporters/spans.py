@@ -266,7 +266,7 @@ def _map_server_span(
     method = (span.method or "").upper()
     route = get("http.route")
     endpoint = endpoint_path(
-        str(route) if route else None,
+        route if route.__class__ is str else as_str(route),
         as_str(get("url.path") or get("http.target")),
         pb.name,
         method,

@@ -76,6 +76,15 @@ def _status(raw: str) -> int:
     return value
 
 
+def _workers(raw: str) -> int:
+    if raw.strip().lower() in ("", "auto"):
+        return os.cpu_count() or 1
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"must be >= 0 (0 = no worker processes), got {value}")
+    return value
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -103,6 +112,7 @@ class Config:
     http_listen: str = _setting("OTEL_BRIDGE_HTTP_LISTEN", _listen, "127.0.0.1:4318")
     max_request_bytes: int = _setting("OTEL_BRIDGE_MAX_REQUEST_BYTES", _positive_int, 16 * MIB)
     max_concurrent_exports: int = _setting("OTEL_BRIDGE_MAX_CONCURRENT_EXPORTS", _positive_int, 4)
+    ingest_workers: int = _setting("OTEL_BRIDGE_INGEST_WORKERS", _workers, os.cpu_count() or 1)
     queue_timeout_s: float = _setting("OTEL_BRIDGE_QUEUE_TIMEOUT_S", _non_negative_float, 2.0)
     retry_after_s: float = _setting("OTEL_BRIDGE_RETRY_AFTER_S", _non_negative_float, 2.0)
     auth_tokens: str | None = _setting("OTEL_BRIDGE_AUTH_TOKENS", _optional_text, None, secret=True)

@@ -113,6 +113,7 @@ def open_pool(
     url: str,
     config: Config,
     configure: Callable[[Any], Awaitable[None]] | None = None,
+    max_size: int | None = None,
 ) -> Any:
     """An async pool that heals after database restarts (`check` replaces broken connections
     before handing them out) and fails fast when the database is away: a sender must get its
@@ -122,7 +123,7 @@ def open_pool(
     return AsyncConnectionPool(
         url,
         min_size=1,
-        max_size=config.db_pool_size,
+        max_size=max_size or config.db_pool_size,
         timeout=config.db_timeout_s,
         check=AsyncConnectionPool.check_connection,
         configure=configure,

@@ -1,34 +1,60 @@
-"""The consumer behind the receivers: parsed OTLP request -> pure mapping -> PostgreSQL writer.
+"""The consumer behind the receivers: OTLP request bytes -> parse -> pure mapping -> writer.
 
-Receivers call `consume_*` and answer the sender with the returned `Outcome` only after it
-returns, i.e. after the rows are committed. Counts of what was stored, ignored and rejected are
-kept per signal for the periodic summary log.
+Receivers call `consume(signal, data)` and answer the sender with the returned `Outcome` only
+after it returns, i.e. after the rows are committed. Each Outcome carries the request's counts
+(stored rows, ignored and rejected items) for the service's periodic summary log.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
 from otel_bridge.config import Config
+from otel_bridge.errors import PermanentError
 from otel_bridge.exporters.context import Defaults, IpHash
 from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
 
 log = logging.getLogger(__name__)
 
+SIGNALS = ("traces", "metrics", "logs")
+REQUEST_TYPES: dict[str, Any] = {
+    "traces": ExportTraceServiceRequest,
+    "metrics": ExportMetricsServiceRequest,
+    "logs": ExportLogsServiceRequest,
+}
+
 
 @dataclass(frozen=True)
 class Outcome:
-    """What goes into the response's partial_success (all zero/empty = full success)."""
+    """What goes into the response's partial_success (all zero/empty = full success), plus the
+    request's counts for the summary log."""
 
     rejected: int = 0
     message: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+Consume = Callable[[str, bytes], Awaitable[Outcome]]
 
 
 class TraceWriter(Protocol):
     async def write_traces(self, rows: Any) -> None: ...
+
+
+def parse(signal: str, data: bytes) -> Any:
+    request_type = REQUEST_TYPES[signal]
+    try:
+        return request_type.FromString(data)
+    except (DecodeError, RuntimeError) as exc:
+        raise PermanentError(f"cannot decode {request_type.__name__}: {exc}") from None
 
 
 def _count_points(request: Any) -> int:
@@ -60,36 +86,45 @@ class Pipeline:
             api_error_min_status=config.apm_api_error_min_status,
             defaults=Defaults(config.crashlytics_environment, config.crashlytics_release_version),
         )
-        self.counts: Counter[str] = Counter()
+
+    async def consume(self, signal: str, data: bytes) -> Outcome:
+        request = parse(signal, data)
+        if signal == "traces":
+            return await self.consume_traces(request)
+        if signal == "metrics":
+            return self.consume_metrics(request)
+        return self.consume_logs(request)
 
     async def consume_traces(self, request: Any) -> Outcome:
         rows = map_traces(request, self._span_settings, self._ip_hash)
         if any(rows.event_rows()):
             await self._writer.write_traces(rows)
         rejected = rows.rejected_count
-        self.counts.update(
-            spans_received=rows.spans,
-            spans_ignored=rows.ignored,
-            spans_rejected=rejected,
-            rows_api_performance=len(rows.api_performance),
-            rows_api_errors=len(rows.api_errors),
-            rows_db_performance=len(rows.db_performance),
-            rows_errors=len(rows.errors),
-        )
+        counts = {
+            "spans_received": rows.spans,
+            "spans_ignored": rows.ignored,
+            "spans_rejected": rejected,
+            "rows_api_performance": len(rows.api_performance),
+            "rows_api_errors": len(rows.api_errors),
+            "rows_db_performance": len(rows.db_performance),
+            "rows_errors": len(rows.errors),
+        }
         if rejected:
             log.warning("trace export: %s", rows.rejection_message())
-        return Outcome(rejected, rows.rejection_message())
+        return Outcome(rejected, rows.rejection_message(), counts)
 
-    async def consume_metrics(self, request: Any) -> Outcome:
+    def consume_metrics(self, request: Any) -> Outcome:
         points = _count_points(request)
-        self.counts.update(metric_points_ignored=points)
+        counts = {"metric_points_ignored": points}
         if not points:
-            return Outcome()
-        return Outcome(0, f"{points} data points accepted but ignored: metrics are not mapped to tables yet")
+            return Outcome(counts=counts)
+        message = f"{points} data points accepted but ignored: metrics are not mapped to tables yet"
+        return Outcome(0, message, counts)
 
-    async def consume_logs(self, request: Any) -> Outcome:
+    def consume_logs(self, request: Any) -> Outcome:
         records = _count_log_records(request)
-        self.counts.update(log_records_ignored=records)
+        counts = {"log_records_ignored": records}
         if not records:
-            return Outcome()
-        return Outcome(0, f"{records} log records accepted but ignored: logs are not mapped to tables yet")
+            return Outcome(counts=counts)
+        message = f"{records} log records accepted but ignored: logs are not mapped to tables yet"
+        return Outcome(0, message, counts)

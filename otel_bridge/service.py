@@ -14,17 +14,9 @@ import threading
 from typing import Any
 
 from otel_bridge.config import Config
-from otel_bridge.database import (
-    EmbeddedPostgres,
-    ensure_partitions,
-    migrate,
-    open_pool,
-    redact_url,
-    resolve_database,
-)
-from otel_bridge.exporters.postgres import PostgresWriter, prepare_connection
-from otel_bridge.pipeline import Pipeline
-from otel_bridge.privacy import IpHasher
+from otel_bridge.database import EmbeddedPostgres, ensure_partitions, migrate, redact_url, resolve_database
+from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_ingest
+from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.grpc import GrpcReceiver, GrpcReceiverSettings
 
 log = logging.getLogger(__name__)
@@ -36,10 +28,10 @@ class BridgeService:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.database_url = ""
-        self.pipeline: Pipeline | None = None
+        self.totals = Totals()
         self.receiver: GrpcReceiver | None = None
         self._embedded: EmbeddedPostgres | None = None
-        self._pool: Any = None
+        self._ingest: InProcessIngest | ProcessIngest | None = None
         self._summary_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -48,10 +40,8 @@ class BridgeService:
         log.info("database: %s", redact_url(self.database_url))
         await asyncio.to_thread(migrate, self.database_url)
         await asyncio.to_thread(ensure_partitions, self.database_url)
-        self._pool = open_pool(self.database_url, config, configure=prepare_connection)
-        await self._pool.open(wait=True, timeout=30)
-        ip_hash = IpHasher.from_setting(config.ip_hash_key, config.data_path)
-        self.pipeline = Pipeline(config, PostgresWriter(self._pool), ip_hash)
+        self._ingest = create_ingest(config, self.database_url)
+        await self._ingest.start()
         self.receiver = GrpcReceiver(
             GrpcReceiverSettings(
                 listen=config.grpc_listen,
@@ -60,22 +50,24 @@ class BridgeService:
                 queue_timeout_s=config.queue_timeout_s,
                 retry_after_s=config.retry_after_s,
             ),
-            {
-                "traces": self.pipeline.consume_traces,
-                "metrics": self.pipeline.consume_metrics,
-                "logs": self.pipeline.consume_logs,
-            },
+            self._consume,
         )
         await self.receiver.start()
         self._summary_task = asyncio.create_task(self._log_summaries())
+
+    async def _consume(self, signal: str, data: bytes) -> Outcome:
+        assert self._ingest is not None
+        outcome = await self._ingest.consume(signal, data)
+        self.totals.add(outcome)
+        return outcome
 
     async def stop(self) -> None:
         if self._summary_task is not None:
             self._summary_task.cancel()
         if self.receiver is not None:
             await self.receiver.stop()
-        if self._pool is not None:
-            await self._pool.close()
+        if self._ingest is not None:
+            await self._ingest.stop()
         self._log_summary()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
@@ -99,8 +91,8 @@ class BridgeService:
             self._log_summary()
 
     def _log_summary(self) -> None:
-        if self.pipeline is not None and self.pipeline.counts:
-            counts = ", ".join(f"{k}={v}" for k, v in sorted(self.pipeline.counts.items()))
+        if self.totals:
+            counts = ", ".join(f"{k}={v}" for k, v in sorted(self.totals.items()))
             log.info("totals since start: %s", counts)
 
 

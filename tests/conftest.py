@@ -68,8 +68,7 @@ def db_url(empty_db_url: str) -> str:
 class RunningBridge(ThreadedService):
     @property
     def counts(self) -> Any:
-        assert self.service.pipeline is not None
-        return self.service.pipeline.counts
+        return self.service.totals
 
 
 def bridge_config(db_url: str, data_dir: Path, **env: str) -> Config:

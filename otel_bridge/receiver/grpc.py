@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
@@ -23,12 +22,10 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from otel_bridge.errors import RetryableError
-from otel_bridge.pipeline import Outcome
+from otel_bridge.pipeline import Consume, Outcome
 from otel_bridge.receiver.status import status_for
 
 log = logging.getLogger(__name__)
-
-Consume = Callable[[Any], Awaitable[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -43,29 +40,29 @@ class GrpcReceiverSettings:
 @dataclass(frozen=True)
 class _Signal:
     service: str
-    request_type: Any
+    name: str
     response_type: Any
     partial_type: Any
     rejected_field: str
 
 
 SIGNALS = {
-    "traces": _Signal("opentelemetry.proto.collector.trace.v1.TraceService",
-                      trace_pb.ExportTraceServiceRequest, trace_pb.ExportTraceServiceResponse,
+    "traces": _Signal("opentelemetry.proto.collector.trace.v1.TraceService", "traces",
+                      trace_pb.ExportTraceServiceResponse,
                       trace_pb.ExportTracePartialSuccess, "rejected_spans"),
-    "metrics": _Signal("opentelemetry.proto.collector.metrics.v1.MetricsService",
-                       metrics_pb.ExportMetricsServiceRequest, metrics_pb.ExportMetricsServiceResponse,
+    "metrics": _Signal("opentelemetry.proto.collector.metrics.v1.MetricsService", "metrics",
+                       metrics_pb.ExportMetricsServiceResponse,
                        metrics_pb.ExportMetricsPartialSuccess, "rejected_data_points"),
-    "logs": _Signal("opentelemetry.proto.collector.logs.v1.LogsService",
-                    logs_pb.ExportLogsServiceRequest, logs_pb.ExportLogsServiceResponse,
+    "logs": _Signal("opentelemetry.proto.collector.logs.v1.LogsService", "logs",
+                    logs_pb.ExportLogsServiceResponse,
                     logs_pb.ExportLogsPartialSuccess, "rejected_log_records"),
 }  # fmt: skip
 
 
 class GrpcReceiver:
-    def __init__(self, settings: GrpcReceiverSettings, consumers: dict[str, Consume]) -> None:
+    def __init__(self, settings: GrpcReceiverSettings, consume: Consume) -> None:
         self.settings = settings
-        self._consumers = consumers
+        self._consume = consume
         # Bounded in-flight work: more concurrent writes than database connections only adds
         # latency (research/ceilings.md); waiters that cannot start in time get UNAVAILABLE.
         self._slots = asyncio.Semaphore(settings.max_concurrent_exports)
@@ -82,9 +79,9 @@ class GrpcReceiver:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        for name, signal in SIGNALS.items():
+        for signal in SIGNALS.values():
             handler = grpc.unary_unary_rpc_method_handler(
-                self._handler(signal, self._consumers[name]),
+                self._handler(signal),
                 request_deserializer=None,
                 response_serializer=lambda message: message.SerializeToString(),
             )
@@ -110,14 +107,10 @@ class GrpcReceiver:
         await self._server.stop(grace_s)
         self._server = None
 
-    def _handler(self, signal: _Signal, consume: Consume) -> Callable[..., Awaitable[Any]]:
+    def _handler(self, signal: _Signal) -> Callable[..., Awaitable[Any]]:
         async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                request = signal.request_type.FromString(data)
-            except (DecodeError, RuntimeError) as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot decode {signal.request_type.__name__}: {exc}")
-            try:
-                outcome = await self._run(consume, request)
+                outcome = await self._run(signal.name, data)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an OTLP status
                 code, message, trailers = status_for(exc, self.settings.retry_after_s)
                 if code == grpc.StatusCode.UNAVAILABLE:
@@ -134,12 +127,12 @@ class GrpcReceiver:
 
         return export
 
-    async def _run(self, consume: Consume, request: Any) -> Outcome:
+    async def _run(self, signal: str, data: bytes) -> Outcome:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
         except asyncio.TimeoutError:
             raise RetryableError("receiver overloaded: too many exports in flight") from None
         try:
-            return await consume(request)
+            return await self._consume(signal, data)
         finally:
             self._slots.release()

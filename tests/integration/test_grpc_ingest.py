@@ -169,3 +169,28 @@ def test_exports_beyond_the_concurrency_bound_get_unavailable(db_url: str, start
     assert "overloaded" in failure.value.details()
     assert "google.rpc.retryinfo-bin" in dict(failure.value.trailing_metadata())
     assert counts(rows, db_url)["api_performance_metrics"] == 3
+
+
+def test_a_killed_ingest_worker_is_replaced_and_nothing_is_lost(bridge: Any, db_url: str, rows: Any) -> None:
+    import os
+    import signal
+
+    import psutil
+
+    workers = [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) >= 1, "the default runs ingest in worker processes"
+    os.kill(workers[0].pid, signal.SIGKILL)
+    workers[0].wait(timeout=10)
+    payload = export_request(random_requests(5, seed=31), stable=True).SerializeToString()
+    statuses = []
+    for _ in range(5):  # what a sender's retry loop does
+        try:
+            raw_call(bridge.endpoint, TRACE_EXPORT, payload)
+            statuses.append(grpc.StatusCode.OK)
+            break
+        except grpc.RpcError as exc:
+            statuses.append(exc.code())
+            time.sleep(0.5)
+    assert statuses[-1] == grpc.StatusCode.OK
+    assert set(statuses[:-1]) <= {grpc.StatusCode.UNAVAILABLE}  # retryable, never a data error
+    assert counts(rows, db_url)["api_performance_metrics"] == 5

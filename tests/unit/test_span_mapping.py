@@ -159,3 +159,21 @@ def test_ids_are_deterministic_and_time_ordered() -> None:
     assert [r.id for r in first.api_performance] == [r.id for r in again.api_performance]
     ids = sorted(first.api_performance, key=lambda r: r.request_timestamp)
     assert ids[0].id < ids[1].id and ids[0].id.version == 7
+
+
+def test_nul_characters_are_removed_and_odd_types_reject_only_their_span() -> None:
+    def build(tracer: trace.Tracer) -> None:
+        with tracer.start_as_current_span("GET /a", kind=trace.SpanKind.SERVER) as span:
+            span.set_attributes({"http.request.method": "GET", "http.route": "/a\x00b",
+                                 "http.response.status_code": 200, "user.id": "u\x001"})  # fmt: skip
+        with tracer.start_as_current_span("GET /b", kind=trace.SpanKind.SERVER) as span:
+            # A method that is not a string, and a status that is not a number.
+            span.set_attributes({"http.request.method": "GET", "http.route": ["/b"],
+                                 "http.response.status_code": "teapot"})  # fmt: skip
+
+    rows = map_traces(_raw_spans(build), SETTINGS, ip_hash)
+    first = rows.api_performance[0]
+    assert first.endpoint_path == "/ab" and first.user_id == "u1"
+    # The odd one is stored with what can be read; never an exception for the whole request.
+    second = rows.api_performance[1]
+    assert second.endpoint_path == "/b" and second.status_code is None
