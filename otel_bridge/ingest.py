@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import signal
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -66,6 +67,10 @@ _worker_pipeline: Pipeline | None = None
 
 def _worker_init(config: Config, database_url: str, pool_size: int) -> None:
     global _worker_loop, _worker_pipeline
+    # Shutdown is the receiver's to run (drain, then stop the pool): a Ctrl-C or SIGTERM sent to
+    # the whole process group must not kill a worker in the middle of a transaction.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     _worker_loop = asyncio.new_event_loop()
     _worker_pipeline, _ = _worker_loop.run_until_complete(open_pipeline(config, database_url, pool_size))

@@ -71,6 +71,7 @@ class BridgeService:
         self._log_summary()
         if self._embedded is not None:
             await asyncio.to_thread(self._embedded.stop)
+        log.info("stopped")
 
     async def run_until_signal(self) -> None:
         """`otel-bridge serve`: run until SIGTERM or SIGINT, then shut down in order."""
