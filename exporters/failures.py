@@ -8,6 +8,7 @@ trace with the same type, message and innermost frame are one occurrence.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -61,6 +62,7 @@ class Failure:
     category: str
     event_attrs: Attributes
     spans: list[SpanLike] = field(default_factory=list)
+    occurrence_key: str = ""  # same failure, same key: also across Export requests
 
     def absorb(self, other: Failure) -> None:
         """Merge a repeat of this failure seen on another span."""
@@ -97,7 +99,11 @@ def collect_failures(spans: Iterable[SpanLike]) -> list[Failure]:
                 event_attrs=attrs,
                 spans=[span],
             )
-            key = (span.trace_id, exc_type, message, innermost_frame(stack))
+            frame = innermost_frame(stack)
+            key = (span.trace_id, exc_type, message, frame)
+            failure.occurrence_key = hashlib.blake2b(
+                f"{exc_type}\x1f{message}\x1f{frame}".encode(), digest_size=8
+            ).hexdigest()
             if key in by_key:
                 by_key[key].absorb(failure)
             else:

@@ -32,6 +32,17 @@ def _staging(table: str) -> str:
     return f"otel_bridge_stage_{table}"
 
 
+# A framework records one failure on several spans, and a batching SDK may export those spans in
+# different requests: an error already stored for the same trace and occurrence is not stored
+# again (within a request, the mapping merges them already; DESIGN §5 rule 2).
+_SAME_OCCURRENCE = sql.SQL(
+    "WHERE s.trace_id IS NULL OR NOT EXISTS (SELECT 1 FROM error_logs AS e "
+    "WHERE e.trace_id = s.trace_id AND e.occurrence_key = s.occurrence_key "
+    "AND e.error_timestamp > s.error_timestamp - interval '1 hour' "
+    "AND e.error_timestamp < s.error_timestamp + interval '1 hour')"
+)
+
+
 class _TableCopy:
     """Precomputed statements for one row type."""
 
@@ -44,9 +55,10 @@ class _TableCopy:
             "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         ).format(stage, sql.Identifier(self.table))
         self.copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
-        self.move = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
-            sql.Identifier(self.table), columns, columns, stage
-        )
+        self.move = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS s {} ON CONFLICT DO NOTHING").format(
+            sql.Identifier(self.table), columns, columns, stage,
+            _SAME_OCCURRENCE if "occurrence_key" in row_type._fields else sql.SQL(""),
+        )  # fmt: skip
         self.json_columns = [i for i, t in enumerate(row_type.pg_types) if t == "jsonb"]
 
     def adapt(self, row: Sequence[Any]) -> Sequence[Any]:

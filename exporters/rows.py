@@ -144,7 +144,7 @@ class DbPerformanceRow(NamedTuple):
 @_table("error_logs", "error_timestamp", (
         "uuid", "uuid", "text", "text", "text", "text", "text", "timestamptz", "text", "text",
         "text", "text", "text", "text", "jsonb", "jsonb", "jsonb", "text", "text", "text", "text",
-        "text", "text", "text",
+        "text", "text", "text", "text",
     ))  # fmt: skip
 class ErrorRow(NamedTuple):
     id: uuid.UUID
@@ -171,6 +171,7 @@ class ErrorRow(NamedTuple):
     span_id: str | None
     page_view_id: str | None
     fingerprint: str | None
+    occurrence_key: str | None
 
 
 @_table("query_patterns", "last_seen", (

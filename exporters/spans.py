@@ -408,5 +408,5 @@ def _error_row(
         user_agent(attrs) or user_agent(request_attrs) or user_agent(res.attrs),
         res.device_info, fl.breadcrumbs_for(failure, spans_by_id), scrub(context),
         res.service_name, res.service_version, res.environment, span.trace_hex, span.span_hex,
-        ident.page_view_id, None,
+        ident.page_view_id, None, failure.occurrence_key,
     )  # fmt: skip

@@ -133,7 +133,7 @@ error_logs = _event_table(
     Column("error_timestamp", TZ, nullable=False), *_identity(), Column("session_id", Text),
     Column("page_slug", Text), Column("url", Text), Column("user_agent", Text),
     Column("device_info", JSONB), Column("breadcrumbs", JSONB), Column("context", JSONB),
-    *_resolution(),
+    Column("occurrence_key", Text), *_resolution(),
 )  # fmt: skip
 
 crash_reports = _event_table(

@@ -143,7 +143,8 @@ PARTITIONED: list[tuple[str, str, str, list[str]]] = [
   user_agent TEXT,
   device_info JSONB,
   breadcrumbs JSONB,
-  context JSONB,""" + RESOLUTION + ",", ["error_type", "user_id", "session_id", "error_timestamp", "resolved", "error_code", "fingerprint"]),
+  context JSONB,
+  occurrence_key TEXT,""" + RESOLUTION + ",", ["error_type", "user_id", "session_id", "error_timestamp", "resolved", "error_code", "fingerprint", "trace_id"]),
     ("crash_reports", "crash_timestamp", """
   id UUID NOT NULL,
   crash_id UUID NOT NULL,

@@ -194,3 +194,20 @@ def test_a_killed_ingest_worker_is_replaced_and_nothing_is_lost(bridge: Any, db_
     assert statuses[-1] == grpc.StatusCode.OK
     assert set(statuses[:-1]) <= {grpc.StatusCode.UNAVAILABLE}  # retryable, never a data error
     assert counts(rows, db_url)["api_performance_metrics"] == 5
+
+
+def test_one_failure_split_over_two_exports_is_one_error_row(bridge: Any, db_url: str, rows: Any) -> None:
+    from otel_bridge.workload import make_failure
+
+    request = random_requests(1, seed=41, error_rate=0)[0]
+    request.failure, request.status = make_failure("app", "77"), 500
+    spans = spans_for([request], stable=True)
+    server = [s for s in spans if s.kind.name == "SERVER"]
+    rest = [s for s in spans if s.kind.name != "SERVER"]
+    exporter = OTLPSpanExporter(endpoint=bridge.endpoint, insecure=True)
+    # A batching SDK exports the handler's spans first and the SERVER span in a later batch.
+    assert exporter.export(rest) == SpanExportResult.SUCCESS
+    assert exporter.export(server) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert rows(db_url, "SELECT count(*), min(error_message) FROM error_logs")[0] == (1, "audit 77 not found")
+    assert counts(rows, db_url)["api_error_logs"] == 1
