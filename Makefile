@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test serve bench install clean help
+.PHONY: demo test lint serve bench install clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -20,7 +20,10 @@ install: $(STAMP)  ## create .venv and install otel-bridge with all extras
 demo: $(STAMP)  ## embedded database + receiver + a realistic workload, then what was stored
 	$(BIN)/otel-bridge demo
 
-test: $(STAMP)  ## the whole test suite (real PostgreSQL, real gRPC, real SDK)
+lint: $(STAMP)  ## pyflakes, import order, no imports of the folder names
+	$(BIN)/ruff check otel_bridge exporters instrumentation migrations tests benchmarks
+
+test: lint  ## lint, then the whole test suite (real PostgreSQL, real gRPC, real SDK)
 	$(BIN)/pytest -q
 
 serve: $(STAMP)  ## run the receiver on 127.0.0.1:4317 with the embedded database

@@ -46,35 +46,25 @@ def decode_value(value: Any, depth: int = 0) -> Any:
     return base64.b64encode(value.bytes_value).decode("ascii")
 
 
-def decode_attributes(key_values: Iterable[Any]) -> Attributes:
-    """Repeated `KeyValue` -> dict. A repeated key keeps its last value, as the SDKs do."""
+def decode_attributes(key_values: Iterable[Any], wanted: frozenset[str] | None = None) -> Attributes:
+    """Repeated `KeyValue` -> dict (a repeated key keeps its last value, as the SDKs do).
+
+    With `wanted`, only those keys: spans that yield no row are read for identity alone, and
+    row spans for their columns alone, without paying for every value's decoding."""
     out: Attributes = {}
     for kv in key_values:
-        key, value = kv.key, kv.value
+        key = kv.key
+        if wanted is not None and key not in wanted:
+            continue
         if "\x00" in key:
             key = clean(key)
+        value = kv.value
         # Inline fast path: most attribute values are plain strings.
         if value.WhichOneof("value") == "string_value":
             text = value.string_value
             out[key] = text.replace("\x00", "") if "\x00" in text else text
         else:
             out[key] = decode_value(value)
-    return out
-
-
-def decode_selected(key_values: Iterable[Any], wanted: frozenset[str]) -> Attributes:
-    """Only the `wanted` keys: spans that yield no row are read for identity alone, without
-    paying for every value's decoding."""
-    out: Attributes = {}
-    for kv in key_values:
-        key = kv.key
-        if key in wanted:
-            value = kv.value
-            if value.WhichOneof("value") == "string_value":
-                text = value.string_value
-                out[key] = text.replace("\x00", "") if "\x00" in text else text
-            else:
-                out[key] = decode_value(value)
     return out
 
 

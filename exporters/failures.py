@@ -1,4 +1,4 @@
-"""Exception span events -> failures, one per real failure, with their breadcrumbs (pure).
+"""Exception span events -> failures, one per real failure -> `error_logs` rows (pure).
 
 Frameworks record one failure several times: on the handler span and again on the SERVER span
 (DESIGN §5 rule 2). Python's traceback grows as the exception propagates, so the recorded stacks
@@ -16,7 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from otel_bridge import conventions as conv
-from otel_bridge.exporters.attributes import Attributes, as_str, decode_attributes
+from otel_bridge.exporters import sql_normalize as sqln
+from otel_bridge.exporters.attributes import Attributes, as_str, decode_attributes, first
+from otel_bridge.exporters.context import Identity, ResourceContext, user_agent
+from otel_bridge.exporters.rows import ErrorRow, row_id, timestamp
+from otel_bridge.privacy import cap, scrub
 
 # Which category wins when one failure is seen on several spans: the most specific one.
 CATEGORY_PRIORITY = {"Database": 3, "API": 2, "JavaScript": 1, "Application": 0}
@@ -34,6 +38,16 @@ class SpanLike(Protocol):
     category: str
     events: Sequence[Any]
     attrs: Attributes
+    pb: Any
+    res: ResourceContext
+
+    def all_attrs(self) -> Attributes: ...
+
+    @property
+    def trace_hex(self) -> str: ...
+
+    @property
+    def span_hex(self) -> str: ...
 
 
 def innermost_frame(stack: str | None) -> str:
@@ -157,3 +171,55 @@ def breadcrumbs_for(
             span = spans_by_id.get((span.trace_id, span.parent_span_id))
     crumbs.sort(key=lambda pair: pair[0])
     return [crumb for _, crumb in crumbs] or None
+
+
+# Attributes already stored in their own columns; everything else goes to the error's context.
+_CONTEXT_SKIP_PREFIXES = ("http.request.header.", "http.response.header.", "exception.")
+_CONTEXT_SKIP = frozenset(
+    {"user.id", "enduser.id", "user.roles", "enduser.role", "session.id", "client.address",
+     "http.client_ip", "net.peer.ip", "user_agent.original", "http.user_agent",
+     "otel_bridge.page_view.id", "otel_bridge.breadcrumbs", "otel_bridge.page.slug",
+     "url.full", "http.url"}
+)  # fmt: skip
+
+
+def error_row(
+    failure: Failure,
+    ident: Identity,
+    spans_by_id: dict[tuple[bytes, bytes], SpanLike],
+    server: SpanLike | None,
+) -> ErrorRow:
+    """One error_logs row; the request's SERVER span fills in URL and user agent when the
+    failing span (a DB call, a handler) has none."""
+    span = failure.span
+    attrs, res = span.all_attrs(), span.res
+    request_attrs = server.all_attrs() if server is not None else {}
+    context: dict[str, Any] = {
+        k: v
+        for k, v in attrs.items()
+        if k not in _CONTEXT_SKIP and not k.startswith(_CONTEXT_SKIP_PREFIXES)
+    }
+    context.update(failure.event_attrs)
+    context.pop("otel_bridge.breadcrumbs", None)
+    context["span.name"] = span.pb.name
+    error_code = None
+    if failure.category == "Database":
+        error_code = as_str(first(attrs, "db.response.status_code"))
+        statement = as_str(first(attrs, "db.query.text", "db.statement"))
+        if statement:
+            context["query"] = sqln.sql_facts(statement)[0]
+            context.pop("db.query.text", None)
+            context.pop("db.statement", None)
+    error_id = row_id(failure.time_unix_nano, span.trace_id, span.span_id, b"error",
+                      str(failure.event_index).encode())  # fmt: skip
+    return ErrorRow(
+        error_id, error_id, failure.category,
+        failure.message or failure.exc_type or "exception", cap(failure.stack), error_code,
+        failure.exc_type, timestamp(failure.time_unix_nano), ident.user_id, ident.user_role,
+        ident.session_id, as_str(first(attrs, "otel_bridge.page.slug")),
+        as_str(first(attrs, "url.full", "http.url") or first(request_attrs, "url.full", "http.url")),
+        user_agent(attrs) or user_agent(request_attrs) or user_agent(res.attrs),
+        res.device_info, breadcrumbs_for(failure, spans_by_id), scrub(context),
+        res.service_name, res.service_version, res.environment, span.trace_hex, span.span_hex,
+        ident.page_view_id, None, failure.occurrence_key,
+    )  # fmt: skip

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from typing import Any, NamedTuple, TypeVar
 
 R = TypeVar("R")

@@ -12,7 +12,6 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from otel_bridge.exporters import failures as fl
@@ -22,7 +21,6 @@ from otel_bridge.exporters.attributes import (
     as_int,
     as_str,
     decode_attributes,
-    decode_selected,
     first,
     prefixed,
 )
@@ -68,16 +66,6 @@ _ROW_KEYS = _IDENTITY_AND_CRUMBS | frozenset(
 )  # fmt: skip
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-
-# Attributes already stored in their own columns; everything else goes to the error's context.
-_CONTEXT_SKIP_PREFIXES = ("http.request.header.", "http.response.header.", "exception.")
-_CONTEXT_SKIP = frozenset(
-    {"user.id", "enduser.id", "user.roles", "enduser.role", "session.id", "client.address",
-     "http.client_ip", "net.peer.ip", "user_agent.original", "http.user_agent",
-     "otel_bridge.page_view.id", "otel_bridge.breadcrumbs", "otel_bridge.page.slug",
-     "url.full", "http.url"}
-)  # fmt: skip
-
 
 @dataclass(frozen=True)
 class SpanMappingSettings:
@@ -200,14 +188,14 @@ def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> 
                     continue
                 kind = pb.kind
                 if kind == SPAN_KIND_SERVER or kind == SPAN_KIND_CLIENT:
-                    attrs = decode_selected(pb.attributes, _ROW_KEYS)
+                    attrs = decode_attributes(pb.attributes, _ROW_KEYS)
                 elif _is_asgi_internal(pb) and not _has_exception(pb):
                     out.ignored += 1
                     continue
                 else:
                     # No row of its own: only its identity and breadcrumbs (and, if it failed,
                     # its other attributes, decoded later for the error's context) can matter.
-                    attrs = decode_selected(pb.attributes, _IDENTITY_AND_CRUMBS)
+                    attrs = decode_attributes(pb.attributes, _IDENTITY_AND_CRUMBS)
                 span = _Span(pb, attrs, res, browser)
                 spans.append(span)
                 if has_identity(span.attrs):
@@ -246,7 +234,7 @@ def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> 
     for failure in failures:
         ident = identities.get(failure.span.trace_id, no_identity)
         try:
-            out.errors.append(_error_row(failure, ident, spans_by_id, servers.get(failure.span.trace_id)))
+            out.errors.append(fl.error_row(failure, ident, spans_by_id, servers.get(failure.span.trace_id)))
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
             out.reject(f"with an exception event that could not be mapped ({type(exc).__name__})")
     return out
@@ -328,20 +316,12 @@ def _body(value: Any) -> Any:
     return scrub(value)
 
 
-@lru_cache(maxsize=4096)
-def _sql_facts(statement: str) -> tuple[str, str, str | None, str | None]:
-    """(pattern, hash, operation, table) of a statement. Apps run few distinct (parameterized)
-    statements, so the parsing is done once per statement text, not once per span."""
-    normalized = sqln.normalize_sql(statement)
-    return normalized, sqln.query_hash(normalized), sqln.query_type(statement), sqln.table_name(statement)
-
-
 def _map_db_span(span: _Span, ident: Identity, settings: SpanMappingSettings, out: TraceRows) -> None:
     pb, attrs, res = span.pb, span.attrs, span.res
     statement = as_str(first(attrs, "db.query.text", "db.statement"))
     normalized = query_hash = parsed_type = parsed_table = None
     if statement:
-        normalized, query_hash, parsed_type, parsed_table = _sql_facts(statement)
+        normalized, query_hash, parsed_type, parsed_table = sqln.sql_facts(statement)
     operation = as_str(first(attrs, "db.operation.name", "db.operation"))
     query_type = (operation.split()[0].upper() if operation else None) or parsed_type
     if query_type is None:
@@ -368,45 +348,3 @@ def _map_db_span(span: _Span, ident: Identity, settings: SpanMappingSettings, ou
             span.span_hex, ident.page_view_id,
         )  # fmt: skip
     )
-
-
-def _error_row(
-    failure: fl.Failure,
-    ident: Identity,
-    spans_by_id: dict[tuple[bytes, bytes], Any],
-    server: _Span | None,
-) -> ErrorRow:
-    """One error_logs row; the request's SERVER span fills in URL and user agent when the
-    failing span (a DB call, a handler) has none."""
-    span = failure.span
-    attrs, res = span.all_attrs(), span.res
-    request_attrs = server.all_attrs() if server is not None else {}
-    context: dict[str, Any] = {
-        k: v
-        for k, v in attrs.items()
-        if k not in _CONTEXT_SKIP and not k.startswith(_CONTEXT_SKIP_PREFIXES)
-    }
-    context.update(failure.event_attrs)
-    context.pop("otel_bridge.breadcrumbs", None)
-    context["span.name"] = span.pb.name
-    error_code = None
-    if failure.category == "Database":
-        error_code = as_str(first(attrs, "db.response.status_code"))
-        statement = as_str(first(attrs, "db.query.text", "db.statement"))
-        if statement:
-            context["query"] = _sql_facts(statement)[0]
-            context.pop("db.query.text", None)
-            context.pop("db.statement", None)
-    error_id = row_id(failure.time_unix_nano, span.trace_id, span.span_id, b"error",
-                      str(failure.event_index).encode())  # fmt: skip
-    return ErrorRow(
-        error_id, error_id, failure.category,
-        failure.message or failure.exc_type or "exception", cap(failure.stack), error_code,
-        failure.exc_type, timestamp(failure.time_unix_nano), ident.user_id, ident.user_role,
-        ident.session_id, as_str(first(attrs, "otel_bridge.page.slug")),
-        as_str(first(attrs, "url.full", "http.url") or first(request_attrs, "url.full", "http.url")),
-        user_agent(attrs) or user_agent(request_attrs) or user_agent(res.attrs),
-        res.device_info, fl.breadcrumbs_for(failure, spans_by_id), scrub(context),
-        res.service_name, res.service_version, res.environment, span.trace_hex, span.span_hex,
-        ident.page_view_id, None, failure.occurrence_key,
-    )  # fmt: skip

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 
-__all__ = ["first_keyword", "normalize_sql", "query_hash", "query_type", "table_name"]
+__all__ = ["first_keyword", "normalize_sql", "query_hash", "query_type", "sql_facts", "table_name"]
 
 # Only the head of a giant statement (multi-megabyte bulk INSERTs exist) is read, so one span
 # cannot cost more than a few milliseconds; the head decides the pattern anyway.
@@ -247,3 +248,11 @@ def _from_table(tokens: _Tokens) -> str | None:
             continue  # `tok` is the token after the name and still needs looking at
         tok = next(tokens, (False, ""))[1]
     return fallback
+
+
+@lru_cache(maxsize=4096)
+def sql_facts(statement: str) -> tuple[str, str, str | None, str | None]:
+    """(pattern, hash, operation, table) of a statement, computed once per distinct text: apps
+    run few distinct (parameterized) statements, and this runs for every database span."""
+    normalized = normalize_sql(statement)
+    return normalized, query_hash(normalized), query_type(statement), table_name(statement)

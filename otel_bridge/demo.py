@@ -40,6 +40,7 @@ def _counts(url: str) -> dict[str, int]:
 
 def _send(endpoint: str, requests: int) -> int:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
     from otel_bridge.workload import emit, provider, random_requests
 
     exporter = OTLPSpanExporter(endpoint=endpoint, insecure=True)

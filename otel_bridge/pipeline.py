@@ -114,17 +114,16 @@ class Pipeline:
         return Outcome(rejected, rows.rejection_message(), counts)
 
     def consume_metrics(self, request: Any) -> Outcome:
-        points = _count_points(request)
-        counts = {"metric_points_ignored": points}
-        if not points:
-            return Outcome(counts=counts)
-        message = f"{points} data points accepted but ignored: metrics are not mapped to tables yet"
-        return Outcome(0, message, counts)
+        return _ignored(_count_points(request), "metric_points_ignored", "data points", "metrics")
 
     def consume_logs(self, request: Any) -> Outcome:
-        records = _count_log_records(request)
-        counts = {"log_records_ignored": records}
-        if not records:
-            return Outcome(counts=counts)
-        message = f"{records} log records accepted but ignored: logs are not mapped to tables yet"
-        return Outcome(0, message, counts)
+        return _ignored(_count_log_records(request), "log_records_ignored", "log records", "logs")
+
+
+def _ignored(count: int, counter: str, items: str, signal: str) -> Outcome:
+    """Accepted, not stored: a warning in partial_success (rejected = 0), so it is visible to
+    the sender without being retried."""
+    if not count:
+        return Outcome(counts={counter: 0})
+    message = f"{count} {items} accepted but ignored: {signal} are not mapped to tables yet"
+    return Outcome(0, message, {counter: count})

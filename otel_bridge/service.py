@@ -14,7 +14,13 @@ import threading
 from typing import Any
 
 from otel_bridge.config import Config
-from otel_bridge.database import EmbeddedPostgres, ensure_partitions, migrate, redact_url, resolve_database
+from otel_bridge.database import (
+    EmbeddedPostgres,
+    ensure_partitions,
+    migrate,
+    redact_url,
+    resolve_database,
+)
 from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_ingest
 from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.grpc import GrpcReceiver, GrpcReceiverSettings
