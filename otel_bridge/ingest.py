@@ -67,10 +67,10 @@ _worker_pipeline: Pipeline | None = None
 
 def _worker_init(config: Config, database_url: str, pool_size: int) -> None:
     global _worker_loop, _worker_pipeline
-    # Shutdown is the receiver's to run (drain, then stop the pool): a Ctrl-C or SIGTERM sent to
-    # the whole process group must not kill a worker in the middle of a transaction.
+    # Shutdown is the receiver's to run (drain, then stop the pool): a Ctrl-C in a terminal,
+    # which reaches the whole process group, must not kill a worker mid-transaction. SIGTERM
+    # keeps its default: the executor itself uses it to stop workers of a broken pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     _worker_loop = asyncio.new_event_loop()
     _worker_pipeline, _ = _worker_loop.run_until_complete(open_pipeline(config, database_url, pool_size))
