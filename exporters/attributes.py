@@ -80,6 +80,8 @@ def first(attrs: Mapping[str, Any], *names: str) -> Any:
 
 
 def as_str(value: Any) -> str | None:
+    if value.__class__ is str:  # the common case first: this runs several times per span
+        return value  # type: ignore[no-any-return]
     if value is None:
         return None
     if isinstance(value, list):

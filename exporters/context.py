@@ -9,7 +9,7 @@ rows of that trace in the same request.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from otel_bridge import conventions as conv
@@ -76,14 +76,14 @@ class Identity:
     user_role: str | None = None
     session_id: str | None = None
     page_view_id: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def absorb(self, attrs: Mapping[str, Any]) -> None:
         """Fill what is still unknown from one span's (or resource's) attributes."""
+        get = attrs.get  # `a or b`: the stable name first, then the old one
         if self.user_id is None:
-            self.user_id = as_str(first(attrs, "user.id", "enduser.id"))
+            self.user_id = as_str(get("user.id") or get("enduser.id"))
         if self.user_role is None:
-            self.user_role = as_str(first(attrs, "user.roles", "enduser.role"))
+            self.user_role = as_str(get("user.roles") or get("enduser.role"))
         if self.session_id is None:
             self.session_id = as_str(attrs.get("session.id"))
         if self.page_view_id is None:
@@ -98,11 +98,13 @@ def has_identity(attrs: Mapping[str, Any]) -> bool:
 
 
 def client_ip(attrs: Mapping[str, Any]) -> str | None:
-    return as_str(first(attrs, "client.address", "http.client_ip", "net.peer.ip"))
+    get = attrs.get
+    return as_str(get("client.address") or get("http.client_ip") or get("net.peer.ip"))
 
 
 def user_agent(attrs: Mapping[str, Any]) -> str | None:
-    return as_str(first(attrs, "user_agent.original", "http.user_agent"))
+    get = attrs.get
+    return as_str(get("user_agent.original") or get("http.user_agent"))
 
 
 IpHash = Callable[[str | None], str | None]
