@@ -7,7 +7,7 @@ Starts a throwaway embedded PostgreSQL; pre-encodes N distinct 512-span ExportTr
 (a few made with `otel_bridge.workload`, the rest clones with new trace ids and shifted times, so
 no payload is resent and dedupe never flatters the result); runs the real receiver and a load
 generator (this script with --client) as separate processes for a 1 s warm-up + --seconds; then
-truncates the event tables and times PostgresWriter.write_traces on the same payloads, mapped
+truncates the event tables and times PostgresWriter.write on the same payloads, mapped
 beforehand, one transaction each, over --streams connections. Exit code 0 whether PASS or FAIL.
 """
 
@@ -275,13 +275,13 @@ def run_load(pool_file: Path, endpoint: str, receiver_pid: int, pg_pid: int, url
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
-# --- the baseline: PostgresWriter.write_traces on pre-mapped rows -------------------------------
+# --- the baseline: PostgresWriter.write on pre-mapped rows -------------------------------
 async def _write(writer: PostgresWriter, batch: list[TraceRows], streams: int) -> None:
     todo = iter(batch)  # shared: each worker takes the next payload, one transaction each
 
     async def worker() -> None:
         for rows in todo:
-            await writer.write_traces(rows)
+            await writer.write(rows)
 
     await asyncio.gather(*(worker() for _ in range(streams)))
 
@@ -311,7 +311,7 @@ def run_baseline(
     mapped = map_payloads(pool[: count + streams], ip_key)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE " + ", ".join(EVENT_TABLES))
-    log(f"baseline: writing {count} payloads with PostgresWriter.write_traces over {streams} connections")
+    log(f"baseline: writing {count} payloads with PostgresWriter.write over {streams} connections")
     return asyncio.run(write_rows(url, mapped[count:], mapped[:count], streams, pg_pid))
 
 

@@ -61,6 +61,30 @@ def innermost_frame(stack: str | None) -> str:
     return js.group(0).strip() if js else ""
 
 
+def occurrence_key(exc_type: str | None, message: str, stack: str | None) -> str:
+    """Same failure, same key, wherever it was recorded (span event or log record)."""
+    frame = innermost_frame(stack)
+    return hashlib.blake2b(f"{exc_type}\x1f{message}\x1f{frame}".encode(), digest_size=8).hexdigest()
+
+
+def parse_breadcrumbs(value: Any) -> list[Any] | None:
+    """An explicit `otel_bridge.breadcrumbs` value: an array of maps, that array as JSON, or an
+    array of JSON strings (SDKs whose attributes cannot hold maps)."""
+    if isinstance(value, str):
+        value = _json_or_text(value)
+    if not value:
+        return None
+    items = value if isinstance(value, list) else [value]
+    return [_json_or_text(item) if isinstance(item, str) else item for item in items]
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def is_exception_event(name: str) -> bool:
     return name == "exception" or name.endswith(".exception")
 
@@ -92,7 +116,7 @@ class Failure:
 
 def collect_failures(spans: Iterable[SpanLike]) -> list[Failure]:
     """Every distinct failure in the request, in the order first seen."""
-    by_key: dict[tuple[bytes, str | None, str, str], Failure] = {}
+    by_key: dict[tuple[bytes, str], Failure] = {}
     for span in spans:
         for index, event in enumerate(span.events):
             if not is_exception_event(event.name):
@@ -113,11 +137,8 @@ def collect_failures(spans: Iterable[SpanLike]) -> list[Failure]:
                 event_attrs=attrs,
                 spans=[span],
             )
-            frame = innermost_frame(stack)
-            key = (span.trace_id, exc_type, message, frame)
-            failure.occurrence_key = hashlib.blake2b(
-                f"{exc_type}\x1f{message}\x1f{frame}".encode(), digest_size=8
-            ).hexdigest()
+            failure.occurrence_key = occurrence_key(exc_type, message, stack)
+            key = (span.trace_id, failure.occurrence_key)
             if key in by_key:
                 by_key[key].absorb(failure)
             else:
@@ -150,14 +171,9 @@ def breadcrumbs_for(
     """DESIGN §7 order: the error's own `otel_bridge.breadcrumbs`, else the breadcrumb events on
     the spans it was recorded on and their ancestors in the same request, oldest first. (The session-history fallback
     needs the database and is applied by the writer's caller, not here.)"""
-    own = failure.event_attrs.get(conv.BREADCRUMBS) or failure.span.attrs.get(conv.BREADCRUMBS)
-    if isinstance(own, str):
-        try:
-            own = json.loads(own)
-        except ValueError:
-            own = [own]
+    own = parse_breadcrumbs(failure.event_attrs.get(conv.BREADCRUMBS) or failure.span.attrs.get(conv.BREADCRUMBS))
     if own:
-        return own if isinstance(own, list) else [own]
+        return own
     crumbs: list[tuple[int, dict[str, Any]]] = []
     seen: set[bytes] = set()
     # Every span the failure was recorded on (handler and SERVER span), and their ancestors.

@@ -19,7 +19,6 @@ from psycopg.types.json import Jsonb
 
 from otel_bridge.errors import PermanentError, RetryableError
 from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow
-from otel_bridge.exporters.spans import TraceRows
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,9 @@ class PostgresWriter:
         except (psycopg.Error, OSError) as exc:
             raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
 
-    async def write_traces(self, rows: TraceRows) -> None:
+    async def write(self, rows: Any) -> None:
+        """Store one request's rows (TraceRows, LogRows: `event_rows()` and `query_patterns`)
+        in one transaction."""
         async with self._transaction() as conn:
             for table_rows in rows.event_rows():
                 if table_rows:

@@ -174,6 +174,39 @@ class ErrorRow(NamedTuple):
     occurrence_key: str | None
 
 
+@_table("crash_reports", "crash_timestamp", (
+        "uuid", "uuid", "text", "text", "text", "text", "timestamptz", "text", "text", "text",
+        "text", "text", "text", "jsonb", "jsonb", "jsonb", "jsonb", "text", "text", "text", "text",
+        "text", "text", "text", "text",
+    ))  # fmt: skip
+class CrashRow(NamedTuple):
+    id: uuid.UUID
+    crash_id: uuid.UUID
+    crash_type: str
+    crash_message: str
+    crash_stack: str
+    exception_type: str | None
+    crash_timestamp: datetime
+    user_id: str | None
+    user_role: str | None
+    session_id: str | None
+    page_slug: str | None
+    url: str | None
+    user_agent: str | None
+    device_info: Any
+    memory_info: Any
+    performance_info: Any
+    breadcrumbs: Any
+    release_version: str | None
+    service_name: str
+    service_version: str | None
+    environment: str
+    trace_id: str | None
+    span_id: str | None
+    page_view_id: str | None
+    fingerprint: str | None
+
+
 @_table("query_patterns", "last_seen", (
         "text", "text", "text", "text", "text", "timestamptz", "timestamptz",
     ))  # fmt: skip
@@ -188,4 +221,6 @@ class QueryPatternRow(NamedTuple):
 
 
 # Tables whose rows are appended with deterministic ids (idempotent COPY), in write order.
-EVENT_ROW_TYPES: tuple[type[Any], ...] = (ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow)
+EVENT_ROW_TYPES: tuple[type[Any], ...] = (
+    ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow, CrashRow
+)  # fmt: skip

@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_bridge.config import Config
 from otel_bridge.errors import PermanentError
 from otel_bridge.exporters.context import Defaults, IpHash
+from otel_bridge.exporters.logs import LogMappingSettings, map_logs
 from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ class Outcome:
 Consume = Callable[[str, bytes], Awaitable[Outcome]]
 
 
-class TraceWriter(Protocol):
-    async def write_traces(self, rows: Any) -> None: ...
+class RowWriter(Protocol):
+    async def write(self, rows: Any) -> None: ...
 
 
 def parse(signal: str, data: bytes) -> Any:
@@ -68,16 +69,8 @@ def _count_points(request: Any) -> int:
     return total
 
 
-def _count_log_records(request: Any) -> int:
-    return sum(
-        len(scope_logs.log_records)
-        for resource_logs in request.resource_logs
-        for scope_logs in resource_logs.scope_logs
-    )
-
-
 class Pipeline:
-    def __init__(self, config: Config, writer: TraceWriter, ip_hash: IpHash) -> None:
+    def __init__(self, config: Config, writer: RowWriter, ip_hash: IpHash) -> None:
         self._writer = writer
         self._ip_hash = ip_hash
         self._span_settings = SpanMappingSettings(
@@ -86,6 +79,9 @@ class Pipeline:
             api_error_min_status=config.apm_api_error_min_status,
             defaults=Defaults(config.crashlytics_environment, config.crashlytics_release_version),
         )
+        self._log_settings = LogMappingSettings(
+            api_error_min_status=config.apm_api_error_min_status, defaults=self._span_settings.defaults
+        )
 
     async def consume(self, signal: str, data: bytes) -> Outcome:
         request = parse(signal, data)
@@ -93,12 +89,12 @@ class Pipeline:
             return await self.consume_traces(request)
         if signal == "metrics":
             return self.consume_metrics(request)
-        return self.consume_logs(request)
+        return await self.consume_logs(request)
 
     async def consume_traces(self, request: Any) -> Outcome:
         rows = map_traces(request, self._span_settings, self._ip_hash)
         if any(rows.event_rows()):
-            await self._writer.write_traces(rows)
+            await self._writer.write(rows)
         rejected = rows.rejected_count
         counts = {
             "spans_received": rows.spans,
@@ -116,8 +112,28 @@ class Pipeline:
     def consume_metrics(self, request: Any) -> Outcome:
         return _ignored(_count_points(request), "metric_points_ignored", "data points", "metrics")
 
-    def consume_logs(self, request: Any) -> Outcome:
-        return _ignored(_count_log_records(request), "log_records_ignored", "log records", "logs")
+    async def consume_logs(self, request: Any) -> Outcome:
+        rows = map_logs(request, self._log_settings, self._ip_hash)
+        if any(rows.event_rows()):
+            await self._writer.write(rows)
+        rejected = rows.rejected_count
+        counts = {
+            "log_records_received": rows.records,
+            "log_records_ignored": rows.ignored,
+            "log_records_rejected": rejected,
+            "rows_errors": len(rows.errors),
+            "rows_api_errors": len(rows.api_errors),
+            "rows_crashes": len(rows.crashes),
+        }
+        messages = [rows.rejection_message()] if rejected else []
+        if rows.ignored_events:
+            # Events that later mapping issues will store (page views, actions, web vitals):
+            # say so rather than drop them silently. Plain log lines are ignored quietly.
+            names = ", ".join(f"{n} x{c}" for n, c in sorted(rows.ignored_events.items()))
+            messages.append(f"events accepted but not mapped to tables yet: {names}")
+        if rejected:
+            log.warning("log export: %s", rows.rejection_message())
+        return Outcome(rejected, "; ".join(messages), counts)
 
 
 def _ignored(count: int, counter: str, items: str, signal: str) -> Outcome:

@@ -118,7 +118,7 @@ def test_partial_success_counts_rejected_spans(bridge: Any, db_url: str, rows: A
     assert counts(rows, db_url)["api_performance_metrics"] == 3
 
 
-def test_metrics_and_logs_are_acknowledged_as_ignored(bridge: Any) -> None:
+def test_metrics_and_unmapped_events_are_acknowledged_as_ignored(bridge: Any) -> None:
     metrics = metrics_pb.ExportMetricsServiceRequest()
     gauge = metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="process.cpu.utilization")
     gauge.gauge.data_points.add(as_double=0.5, time_unix_nano=1)
@@ -129,12 +129,14 @@ def test_metrics_and_logs_are_acknowledged_as_ignored(bridge: Any) -> None:
     assert response.partial_success.error_message.startswith("1 data points accepted but ignored")
 
     logs = logs_pb.ExportLogsServiceRequest()
-    logs.resource_logs.add().scope_logs.add().log_records.add(time_unix_nano=1).body.string_value = "hi"
+    records = logs.resource_logs.add().scope_logs.add().log_records
+    records.add(time_unix_nano=1).body.string_value = "a plain log line"
+    records.add(time_unix_nano=2, event_name="browser.navigation")
     response = logs_pb.ExportLogsServiceResponse.FromString(
         raw_call(bridge.endpoint, LOGS_EXPORT, logs.SerializeToString())
     )
     assert response.partial_success.rejected_log_records == 0
-    assert "1 log records accepted but ignored" in response.partial_success.error_message
+    assert "not mapped to tables yet: browser.navigation x1" in response.partial_success.error_message
     with pytest.raises(grpc.RpcError) as failure:
         raw_call(bridge.endpoint, LOGS_EXPORT, b"\xff garbage")
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,273 @@
+"""OTLP log records -> crash and error rows (pure: protobuf in, rows out, no I/O).
+
+Exceptions travel as log records more and more (semconv 1.40 deprecated exceptions on spans):
+`app.crash` and FATAL records with `exception.*` are crashes; records named `exception` or
+`*.exception`, or carrying `exception.*`, are errors (DESIGN §5). The event name is the
+`event_name` field, else the deprecated `event.name` attribute, else `otel.event.name`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from otel_bridge import conventions as conv
+from otel_bridge.exporters import failures as fl
+from otel_bridge.exporters.attributes import (
+    Attributes,
+    as_int,
+    as_str,
+    decode_attributes,
+    decode_value,
+)
+from otel_bridge.exporters.context import (
+    Defaults,
+    Identity,
+    IpHash,
+    ResourceContext,
+    client_ip,
+    is_browser_scope,
+    resource_context,
+    user_agent,
+)
+from otel_bridge.exporters.http_route import endpoint_path
+from otel_bridge.exporters.rows import ApiErrorRow, CrashRow, ErrorRow, row_id, timestamp
+from otel_bridge.privacy import cap, scrub
+
+SEVERITY_FATAL = 21  # FATAL..FATAL4 are 21-24
+
+# Analytics and performance events that DESIGN §5 maps but this module does not yet: reported
+# in the response as accepted-but-not-stored instead of vanishing silently.
+NOT_YET_MAPPED_EVENTS = frozenset(
+    {"browser.navigation", "browser.page_view", conv.PAGE_LEAVE_EVENT, "browser.user_action.click",
+     conv.USER_ACTION_EVENT, "browser.web_vital", "browser.navigation_timing",
+     "browser.resource_timing"}
+)  # fmt: skip
+CRASH_EVENT = "app.crash"
+
+# Operation-specific exception events (semconv 1.41) and the error type they imply.
+_EVENT_ERROR_TYPES = {"http.server.request.exception": "API", "db.client.operation.exception": "Database"}
+
+# Stored in their own columns, so left out of the context.
+_CONTEXT_SKIP = frozenset(
+    {"exception.type", "exception.message", "exception.stacktrace", "exception.escaped",
+     "user.id", "enduser.id", "user.roles", "enduser.role", "session.id", "client.address",
+     "user_agent.original", "http.user_agent", "url.full", "event.name", "otel.event.name",
+     conv.PAGE_VIEW_ID, conv.PAGE_SLUG, conv.BREADCRUMBS, conv.CRASH_TYPE, conv.CRASH_MEMORY,
+     conv.CRASH_PERFORMANCE}
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LogMappingSettings:
+    api_error_min_status: int = 500
+    defaults: Defaults = Defaults()
+
+
+@dataclass
+class LogRows:
+    """Everything one ExportLogsServiceRequest maps to, plus the bookkeeping for its response."""
+
+    errors: list[ErrorRow] = field(default_factory=list)
+    api_errors: list[ApiErrorRow] = field(default_factory=list)
+    crashes: list[CrashRow] = field(default_factory=list)
+    records: int = 0
+    ignored: int = 0
+    ignored_events: Counter[str] = field(default_factory=Counter)
+    rejected: Counter[str] = field(default_factory=Counter)
+    query_patterns: dict[str, Any] = field(default_factory=dict)  # the writer's interface
+
+    @property
+    def rejected_count(self) -> int:
+        return sum(self.rejected.values())
+
+    def rejection_message(self) -> str:
+        parts = [f"{n} {reason}" for reason, n in sorted(self.rejected.items())]
+        return "rejected log records: " + "; ".join(parts) if parts else ""
+
+    def event_rows(self) -> list[list[Any]]:
+        return [self.api_errors, self.errors, self.crashes]
+
+
+def event_name(record: Any, attrs: Attributes) -> str:
+    return record.event_name or as_str(attrs.get("event.name")) or as_str(attrs.get("otel.event.name")) or ""
+
+
+def _invalid(record: Any) -> str | None:
+    if len(record.trace_id) not in (0, 16):
+        return "with an invalid trace_id"
+    if len(record.span_id) not in (0, 8):
+        return "with an invalid span_id"
+    if not (record.time_unix_nano or record.observed_time_unix_nano):
+        return "without a timestamp"
+    return None
+
+
+@dataclass
+class _Record:
+    """One log record with what every row built from it needs."""
+
+    pb: Any
+    attrs: Attributes
+    res: ResourceContext
+    name: str
+    time_unix_nano: int
+    key: bytes  # identity of the record for deterministic row ids
+    browser: bool
+    body: Any = None
+    ident: Identity = field(default_factory=Identity)
+
+    @property
+    def trace_hex(self) -> str | None:
+        return self.pb.trace_id.hex() if self.pb.trace_id.strip(b"\x00") else None
+
+    @property
+    def span_hex(self) -> str | None:
+        return self.pb.span_id.hex() if self.pb.span_id.strip(b"\x00") else None
+
+
+def map_logs(request: Any, settings: LogMappingSettings, ip_hash: IpHash) -> LogRows:
+    """Map a parsed ExportLogsServiceRequest. Invalid records are counted, never raised."""
+    out = LogRows()
+    seen_failures: set[tuple[bytes, str]] = set()
+    for resource_logs in request.resource_logs:
+        res = resource_context(decode_attributes(resource_logs.resource.attributes), settings.defaults)
+        resource_bytes = resource_logs.resource.SerializeToString(deterministic=True)
+        for scope_logs in resource_logs.scope_logs:
+            browser = res.is_browser or is_browser_scope(scope_logs.scope.name)
+            for pb in scope_logs.log_records:
+                out.records += 1
+                problem = _invalid(pb)
+                if problem:
+                    out.rejected[problem] += 1
+                    continue
+                try:
+                    _map_record(pb, res, resource_bytes, browser, settings, ip_hash, seen_failures, out)
+                except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+                    out.rejected[f"that could not be mapped ({type(exc).__name__}: {exc})"[:200]] += 1
+    return out
+
+
+def _map_record(
+    pb: Any,
+    res: ResourceContext,
+    resource_bytes: bytes,
+    browser: bool,
+    settings: LogMappingSettings,
+    ip_hash: IpHash,
+    seen_failures: set[tuple[bytes, str]],
+    out: LogRows,
+) -> None:
+    attrs = decode_attributes(pb.attributes)
+    name = event_name(pb, attrs)
+    has_exception = "exception.type" in attrs or "exception.message" in attrs
+    is_crash = name == CRASH_EVENT or (pb.severity_number >= SEVERITY_FATAL and has_exception)
+    if not (is_crash or has_exception or fl.is_exception_event(name)):
+        out.ignored += 1
+        if name in NOT_YET_MAPPED_EVENTS:
+            out.ignored_events[name] += 1
+        return
+    key = hashlib.blake2b(resource_bytes + pb.SerializeToString(deterministic=True), digest_size=16).digest()
+    record = _Record(pb, attrs, res, name, pb.time_unix_nano or pb.observed_time_unix_nano, key, browser)
+    if pb.body.WhichOneof("value") is not None:
+        record.body = decode_value(pb.body)
+    record.ident.absorb(attrs)
+    record.ident.absorb(res.attrs)
+    if is_crash:
+        out.crashes.append(_crash_row(record, settings))
+        return
+    exc_type, message, stack = _exception(record)
+    occurrence = fl.occurrence_key(exc_type, message, stack)
+    # One failure = one row: the same exception logged twice for one trace (e.g. by a handler and
+    # by the server's request logger) is one occurrence (DESIGN §5 rule 2).
+    if pb.trace_id.strip(b"\x00"):
+        if (pb.trace_id, occurrence) in seen_failures:
+            return
+        seen_failures.add((pb.trace_id, occurrence))
+    category = _EVENT_ERROR_TYPES.get(name) or ("JavaScript" if browser else "Application")
+    error_id = row_id(record.time_unix_nano, record.key, b"error")
+    out.errors.append(
+        ErrorRow(
+            error_id, error_id, category, message or exc_type or "exception", cap(stack),
+            as_str(attrs.get("db.response.status_code")) if category == "Database" else None,
+            exc_type, timestamp(record.time_unix_nano), record.ident.user_id,
+            record.ident.user_role, record.ident.session_id, as_str(attrs.get(conv.PAGE_SLUG)),
+            as_str(attrs.get("url.full")), user_agent(attrs) or user_agent(res.attrs),
+            res.device_info, fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), _context(record),
+            res.service_name, res.service_version, res.environment, record.trace_hex,
+            record.span_hex, record.ident.page_view_id, _fingerprint(attrs), occurrence,
+        )  # fmt: skip
+    )
+    if name == "http.server.request.exception":
+        out.api_errors.append(_api_error_row(record, exc_type, message, stack, settings, ip_hash))
+
+
+def _exception(record: _Record) -> tuple[str | None, str, str | None]:
+    attrs = record.attrs
+    exc_type = as_str(attrs.get("exception.type"))
+    message = as_str(attrs.get("exception.message")) or ""
+    if not message and isinstance(record.body, str):
+        message = record.body
+    return exc_type, message, as_str(attrs.get("exception.stacktrace"))
+
+
+def _context(record: _Record) -> Any:
+    context: dict[str, Any] = {k: v for k, v in record.attrs.items() if k not in _CONTEXT_SKIP}
+    if record.name:
+        context["event.name"] = record.name
+    if isinstance(record.body, dict) and record.body:
+        context["body"] = record.body
+    if record.pb.severity_text:
+        context["severity"] = record.pb.severity_text
+    return scrub(context) or None
+
+
+def _fingerprint(attrs: Attributes) -> str | None:
+    value = attrs.get(conv.FINGERPRINT)
+    if isinstance(value, list):
+        return "\x1f".join(str(v) for v in value) or None
+    return as_str(value)
+
+
+def _crash_row(record: _Record, settings: LogMappingSettings) -> CrashRow:
+    attrs, res = record.attrs, record.res
+    exc_type, message, stack = _exception(record)
+    crash_type = as_str(attrs.get(conv.CRASH_TYPE)) or ("fatal_log" if record.name != CRASH_EVENT else "uncaught_exception")
+    crash_id = row_id(record.time_unix_nano, record.key, b"crash")
+    return CrashRow(
+        crash_id, crash_id, crash_type, message or exc_type or "crash", cap(stack) or "", exc_type,
+        timestamp(record.time_unix_nano), record.ident.user_id, record.ident.user_role,
+        record.ident.session_id, as_str(attrs.get(conv.PAGE_SLUG)), as_str(attrs.get("url.full")),
+        user_agent(attrs) or user_agent(res.attrs), res.device_info,
+        scrub(attrs.get(conv.CRASH_MEMORY)) or None, scrub(attrs.get(conv.CRASH_PERFORMANCE)) or None,
+        fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), res.service_version, res.service_name,
+        res.service_version, res.environment or settings.defaults.environment or "unknown",
+        record.trace_hex, record.span_hex, record.ident.page_view_id, _fingerprint(attrs),
+    )  # fmt: skip
+
+
+def _api_error_row(
+    record: _Record,
+    exc_type: str | None,
+    message: str,
+    stack: str | None,
+    settings: LogMappingSettings,
+    ip_hash: IpHash,
+) -> ApiErrorRow:
+    """`http.server.request.exception` carries the request's HTTP attributes (semconv 1.41)."""
+    attrs, res = record.attrs, record.res
+    get = attrs.get
+    method = (as_str(get("http.request.method") or get("http.method")) or "_OTHER").upper()
+    status = as_int(get("http.response.status_code") or get("http.status_code"))
+    endpoint = endpoint_path(as_str(get("http.route")), as_str(get("url.path") or get("http.target")), "", method)
+    error_id = row_id(record.time_unix_nano, record.key, b"api_error")
+    return ApiErrorRow(
+        error_id, error_id, endpoint, method, status if status and status >= 100 else 500,
+        message or exc_type or "exception", cap(stack), exc_type, None, None, None,
+        timestamp(record.time_unix_nano), record.ident.user_id, record.ident.user_role,
+        record.ident.session_id, ip_hash(client_ip(attrs)), user_agent(attrs), res.service_name,
+        res.service_version, res.environment, record.trace_hex, record.span_hex,
+        record.ident.page_view_id, _fingerprint(attrs),
+    )  # fmt: skip
