@@ -18,7 +18,8 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from otel_bridge.errors import PermanentError, RetryableError
-from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow
+from otel_bridge.exporters.metrics import MetricRows, PreviousPoint, apply_rates
+from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow, ServerMetricsRow
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,19 @@ _TOUCH_PATTERNS = sql.SQL(
 ).format(sql.Literal(LAST_SEEN_RESOLUTION))
 
 
+_LOCK_SERIES = (
+    "SELECT series_key, value, time_unix_nano, start_time_unix_nano FROM metric_series_state "
+    "WHERE series_key = ANY(%s) ORDER BY series_key FOR UPDATE"
+)
+_SAVE_SERIES = (
+    "INSERT INTO metric_series_state AS m (series_key, value, time_unix_nano, start_time_unix_nano) "
+    "SELECT * FROM unnest(%s::text[], %s::float8[], %s::int8[], %s::int8[]) "
+    "ON CONFLICT (series_key) DO UPDATE SET value = EXCLUDED.value, "
+    "time_unix_nano = EXCLUDED.time_unix_nano, start_time_unix_nano = EXCLUDED.start_time_unix_nano, "
+    "updated_at = now() WHERE m.time_unix_nano < EXCLUDED.time_unix_nano"
+)
+
+
 async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
     """Pool `configure` hook: create this connection's staging tables once."""
     for copy in _COPIES.values():
@@ -121,6 +135,28 @@ class PostgresWriter:
                     await self._copy(conn, _COPIES[type(table_rows[0])], table_rows)
             if rows.query_patterns:
                 await self._register_patterns(conn, list(rows.query_patterns.values()))
+
+    async def write_metrics(self, rows: MetricRows) -> None:
+        """Rates need the previous point of each cumulative series: read (and lock, in key order,
+        so concurrent requests of one app queue instead of deadlocking) and update it in the same
+        transaction as the rows."""
+        async with self._transaction() as conn:
+            previous: dict[str, PreviousPoint] = {}
+            keys = sorted({c.series for c in rows.counters})
+            async with conn.cursor() as cur:
+                if keys:
+                    await cur.execute(_LOCK_SERIES, (keys,))
+                    for key, value, time_ns, start_ns in await cur.fetchall():
+                        previous[key] = PreviousPoint(value, time_ns, start_ns)
+                remember = apply_rates(rows, previous)
+                if remember:
+                    items = sorted(remember.items())
+                    await cur.execute(_SAVE_SERIES, (
+                        [k for k, _ in items], [p.value for _, p in items],
+                        [p.time_unix_nano for _, p in items], [p.start_time_unix_nano for _, p in items],
+                    ))  # fmt: skip
+            if rows.rows:
+                await self._copy(conn, _COPIES[ServerMetricsRow], rows.rows)
 
     async def _copy(self, conn: psycopg.AsyncConnection[Any], copy: _TableCopy, rows: list[Any]) -> None:
         async with conn.cursor() as cur:

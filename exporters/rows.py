@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
 R = TypeVar("R")
@@ -207,6 +208,27 @@ class CrashRow(NamedTuple):
     fingerprint: str | None
 
 
+@_table("server_performance_metrics", "timestamp", (
+        "uuid", "text", "numeric", "int4", "int4", "int4", "int4", "int4", "numeric", "numeric",
+        "timestamptz", "text", "text", "text",
+    ))  # fmt: skip
+class ServerMetricsRow(NamedTuple):
+    id: uuid.UUID
+    service_instance_id: str | None
+    cpu_usage: Decimal | None
+    memory_usage_mb: int | None
+    event_loop_lag_ms: int | None
+    active_handles: int | None
+    active_requests: int | None
+    uptime_seconds: int | None
+    request_rate: Decimal | None
+    error_rate: Decimal | None
+    timestamp: datetime
+    service_name: str
+    service_version: str | None
+    environment: str | None
+
+
 @_table("query_patterns", "last_seen", (
         "text", "text", "text", "text", "text", "timestamptz", "timestamptz",
     ))  # fmt: skip
@@ -222,5 +244,5 @@ class QueryPatternRow(NamedTuple):
 
 # Tables whose rows are appended with deterministic ids (idempotent COPY), in write order.
 EVENT_ROW_TYPES: tuple[type[Any], ...] = (
-    ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow, CrashRow
+    ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow, CrashRow, ServerMetricsRow
 )  # fmt: skip

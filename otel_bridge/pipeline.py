@@ -21,6 +21,7 @@ from otel_bridge.config import Config
 from otel_bridge.errors import PermanentError
 from otel_bridge.exporters.context import Defaults, IpHash
 from otel_bridge.exporters.logs import LogMappingSettings, map_logs
+from otel_bridge.exporters.metrics import map_metrics
 from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ Consume = Callable[[str, bytes], Awaitable[Outcome]]
 class RowWriter(Protocol):
     async def write(self, rows: Any) -> None: ...
 
+    async def write_metrics(self, rows: Any) -> None: ...
+
 
 def parse(signal: str, data: bytes) -> Any:
     request_type = REQUEST_TYPES[signal]
@@ -56,17 +59,6 @@ def parse(signal: str, data: bytes) -> Any:
         return request_type.FromString(data)
     except (DecodeError, RuntimeError) as exc:
         raise PermanentError(f"cannot decode {request_type.__name__}: {exc}") from None
-
-
-def _count_points(request: Any) -> int:
-    total = 0
-    for resource_metrics in request.resource_metrics:
-        for scope_metrics in resource_metrics.scope_metrics:
-            for metric in scope_metrics.metrics:
-                kind = metric.WhichOneof("data")
-                if kind is not None:
-                    total += len(getattr(metric, kind).data_points)
-    return total
 
 
 class Pipeline:
@@ -88,7 +80,7 @@ class Pipeline:
         if signal == "traces":
             return await self.consume_traces(request)
         if signal == "metrics":
-            return self.consume_metrics(request)
+            return await self.consume_metrics(request)
         return await self.consume_logs(request)
 
     async def consume_traces(self, request: Any) -> Outcome:
@@ -109,8 +101,20 @@ class Pipeline:
             log.warning("trace export: %s", rows.rejection_message())
         return Outcome(rejected, rows.rejection_message(), counts)
 
-    def consume_metrics(self, request: Any) -> Outcome:
-        return _ignored(_count_points(request), "metric_points_ignored", "data points", "metrics")
+    async def consume_metrics(self, request: Any) -> Outcome:
+        rows = map_metrics(request, self._span_settings.defaults)
+        if rows.samples:
+            await self._writer.write_metrics(rows)
+        rejected = rows.rejected_count
+        counts = {
+            "metric_points_received": rows.points,
+            "metric_points_ignored": rows.ignored,
+            "metric_points_rejected": rejected,
+            "rows_server_metrics": len(rows.rows),
+        }
+        if rejected:
+            log.warning("metrics export: %s", rows.rejection_message())
+        return Outcome(rejected, rows.rejection_message(), counts)
 
     async def consume_logs(self, request: Any) -> Outcome:
         rows = map_logs(request, self._log_settings, self._ip_hash)
@@ -134,12 +138,3 @@ class Pipeline:
         if rejected:
             log.warning("log export: %s", rows.rejection_message())
         return Outcome(rejected, "; ".join(messages), counts)
-
-
-def _ignored(count: int, counter: str, items: str, signal: str) -> Outcome:
-    """Accepted, not stored: a warning in partial_success (rejected = 0), so it is visible to
-    the sender without being retried."""
-    if not count:
-        return Outcome(counts={counter: 0})
-    message = f"{count} {items} accepted but ignored: {signal} are not mapped to tables yet"
-    return Outcome(0, message, {counter: count})

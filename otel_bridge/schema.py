@@ -238,4 +238,12 @@ audit_log = Table(
     Column("target", Text), Column("details", JSONB),
 )  # fmt: skip
 
+metric_series_state = Table(
+    "metric_series_state", metadata,
+    Column("series_key", Text, primary_key=True), Column("value", Double, nullable=False),
+    Column("time_unix_nano", BigInteger, nullable=False),
+    Column("start_time_unix_nano", BigInteger, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+)  # fmt: skip
+
 PARTITIONED_TABLES = [t for t in metadata.sorted_tables if "time_column" in t.info]

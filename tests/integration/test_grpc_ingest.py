@@ -118,15 +118,19 @@ def test_partial_success_counts_rejected_spans(bridge: Any, db_url: str, rows: A
     assert counts(rows, db_url)["api_performance_metrics"] == 3
 
 
-def test_metrics_and_unmapped_events_are_acknowledged_as_ignored(bridge: Any) -> None:
+def test_metric_rejections_and_unmapped_events_in_partial_success(bridge: Any) -> None:
     metrics = metrics_pb.ExportMetricsServiceRequest()
     gauge = metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="process.cpu.utilization")
     gauge.gauge.data_points.add(as_double=0.5, time_unix_nano=1)
+    gauge.gauge.data_points.add(as_double=0.5, time_unix_nano=0)  # no timestamp: rejected
+    orders = metrics.resource_metrics[0].scope_metrics[0].metrics.add(name="orders.placed")
+    orders.sum.data_points.add(as_int=3, time_unix_nano=1)  # not server health: ignored quietly
     response = metrics_pb.ExportMetricsServiceResponse.FromString(
         raw_call(bridge.endpoint, METRICS_EXPORT, metrics.SerializeToString())
     )
-    assert response.partial_success.rejected_data_points == 0
-    assert response.partial_success.error_message.startswith("1 data points accepted but ignored")
+    assert response.partial_success.rejected_data_points == 1
+    assert "without a timestamp" in response.partial_success.error_message
+    assert bridge.counts["rows_server_metrics"] == 1 and bridge.counts["metric_points_ignored"] == 1
 
     logs = logs_pb.ExportLogsServiceRequest()
     records = logs.resource_logs.add().scope_logs.add().log_records

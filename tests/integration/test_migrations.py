@@ -12,9 +12,11 @@ from otel_bridge.database import current_revision, ensure_partitions, migrate
 from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow
 from otel_bridge.schema import PARTITIONED_TABLES, metadata
 
+HEAD = "0002"
+
 PG_TYPE_NAMES = {"uuid": "uuid", "text": "text", "timestamptz": "timestamp with time zone",
                  "float8": "double precision", "int4": "integer", "int8": "bigint",
-                 "bool": "boolean", "jsonb": "jsonb"}  # fmt: skip
+                 "bool": "boolean", "jsonb": "jsonb", "numeric": "numeric"}  # fmt: skip
 
 
 def _type_name(compiled: str) -> str:
@@ -39,13 +41,13 @@ def columns(url: str) -> dict[str, dict[str, tuple[str, bool]]]:
 
 def test_upgrade_downgrade_upgrade(empty_db_url: str, rows: Any) -> None:
     migrate(empty_db_url)
-    assert current_revision(empty_db_url) == "0001"
+    assert current_revision(empty_db_url) == HEAD
     migrate(empty_db_url, "base", downgrade=True)
     assert current_revision(empty_db_url) is None
     assert rows(empty_db_url, "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() "
                               "AND tablename <> 'alembic_version'")[0][0] == 0  # fmt: skip
     migrate(empty_db_url)
-    assert current_revision(empty_db_url) == "0001"
+    assert current_revision(empty_db_url) == HEAD
 
 
 def test_schema_description_matches_the_migrated_database(db_url: str) -> None:
