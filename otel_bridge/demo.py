@@ -19,7 +19,7 @@ from otel_bridge.database import redact_url
 from otel_bridge.service import ThreadedService
 
 TABLES = ("api_performance_metrics", "api_error_logs", "database_performance_metrics", "error_logs",
-          "query_patterns")  # fmt: skip
+          "query_patterns", "crash_reports", "server_performance_metrics")  # fmt: skip
 DEMO_SERVICE = "cqms-api"
 
 LATENCY_SQL = """
@@ -55,6 +55,53 @@ def _send(endpoint: str, requests: int) -> int:
     return len(workload)
 
 
+def _send_logs_and_metrics(endpoint: str) -> None:
+    """A crash report and exception records (logs), and two collections of server health
+    (the system-metrics instrumentation plus HTTP server durations)."""
+    from opentelemetry._logs import SeverityNumber
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+    from opentelemetry.instrumentation.system_metrics import SystemMetricsInstrumentor
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+
+    from otel_bridge.workload import ROLES, make_failure
+
+    resource = Resource.create({"service.name": DEMO_SERVICE, "service.version": "2.4.1",
+                                "deployment.environment.name": "production"})  # fmt: skip
+    logs = LoggerProvider(resource=resource)
+    logs.add_log_record_processor(SimpleLogRecordProcessor(OTLPLogExporter(endpoint=endpoint, insecure=True)))
+    logger = logs.get_logger("otel_bridge.demo")
+    logger.emit(event_name="app.crash", severity_number=SeverityNumber.FATAL, exception=make_failure("app", "crash"),
+                attributes={"otel_bridge.crash.type": "uncaught_exception", "user.id": "demo-user",
+                            "user.roles": (ROLES[3],), "otel_bridge.crash.memory": {"rss_mb": 182.4}})  # fmt: skip
+    for i in range(3):
+        logger.emit(event_name="exception", severity_number=SeverityNumber.ERROR,
+                    exception=make_failure("app", f"log-{i}"))  # fmt: skip
+    logs.shutdown()
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(resource=resource, metric_readers=[reader])
+    system = SystemMetricsInstrumentor()
+    system.instrument(meter_provider=meters)
+    duration = meters.get_meter("opentelemetry.instrumentation.asgi").create_histogram(
+        "http.server.request.duration", unit="s"
+    )
+    exporter = OTLPMetricExporter(endpoint=endpoint, insecure=True)
+    for collection in range(2):
+        for i in range(50):
+            duration.record(0.03, {"http.route": "/api/audits", "http.response.status_code": 500 if i % 10 == 0 else 200})
+        exporter.export(reader.get_metrics_data())
+        if collection == 0:
+            time.sleep(1)
+    system.uninstrument()
+    exporter.shutdown()
+    meters.shutdown()
+
+
 def run_demo(config: Config, requests: int = 400) -> int:
     print("otel-bridge demo")
     print(f"  data directory: {config.data_path}" if not config.database_url else "  external database")
@@ -68,10 +115,16 @@ def run_demo(config: Config, requests: int = 400) -> int:
         before = _counts(url)
         print(f"  sending {requests} HTTP requests' worth of spans with the OpenTelemetry SDK ...")
         _send(bridge.endpoint, requests)
+        print("  sending a crash, exception log records and two collections of server metrics ...")
+        _send_logs_and_metrics(bridge.endpoint)
         after = _counts(url)
         with psycopg.connect(url) as conn:
             since = datetime.fromtimestamp(started_at - 1, tz=timezone.utc)
             latency = conn.execute(LATENCY_SQL, (DEMO_SERVICE, since)).fetchall()
+            health = conn.execute(
+                "SELECT cpu_usage, memory_usage_mb, request_rate, error_rate FROM server_performance_metrics "
+                "WHERE service_name = %s ORDER BY timestamp DESC LIMIT 1", (DEMO_SERVICE,)
+            ).fetchone()
     finally:
         bridge.stop()
 
@@ -82,6 +135,9 @@ def run_demo(config: Config, requests: int = 400) -> int:
     print(f"  {'endpoint':<42} {'method':<6} {'count':>5} {'p50 ms':>8} {'p95 ms':>8} {'5xx':>4}")
     for endpoint, method, count, p50, p95, errors in latency:
         print(f"  {endpoint:<42} {method:<6} {count:>5} {p50:>8.1f} {p95:>8.1f} {errors:>4}")
+    if health:
+        print(f"\nserver health (latest): cpu {health[0]}%, rss {health[1]} MB, "
+              f"{health[2]} requests/s, {health[3]} errors/s")
     stored = after["api_performance_metrics"] - before["api_performance_metrics"]
     if stored != requests:
         print(f"\nexpected {requests} API rows, stored {stored}", file=sys.stderr)
