@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from otel_bridge import conventions as conv
+from otel_bridge.exporters import analytics as an
 from otel_bridge.exporters import failures as fl
 from otel_bridge.exporters.attributes import (
     Attributes,
@@ -33,7 +34,16 @@ from otel_bridge.exporters.context import (
     user_agent,
 )
 from otel_bridge.exporters.http_route import endpoint_path
-from otel_bridge.exporters.rows import ApiErrorRow, CrashRow, ErrorRow, row_id, timestamp
+from otel_bridge.exporters.rows import (
+    ActionRow,
+    ApiErrorRow,
+    CrashRow,
+    ErrorRow,
+    PageLeaveRow,
+    PageViewRow,
+    row_id,
+    timestamp,
+)
 from otel_bridge.privacy import cap, scrub
 
 SEVERITY_FATAL = 21  # FATAL..FATAL4 are 21-24
@@ -41,10 +51,8 @@ SEVERITY_FATAL = 21  # FATAL..FATAL4 are 21-24
 # Analytics and performance events that DESIGN §5 maps but this module does not yet: reported
 # in the response as accepted-but-not-stored instead of vanishing silently.
 NOT_YET_MAPPED_EVENTS = frozenset(
-    {"browser.navigation", "browser.page_view", conv.PAGE_LEAVE_EVENT, "browser.user_action.click",
-     conv.USER_ACTION_EVENT, "browser.web_vital", "browser.navigation_timing",
-     "browser.resource_timing"}
-)  # fmt: skip
+    {"browser.web_vital", "browser.navigation_timing", "browser.resource_timing"}
+)
 CRASH_EVENT = "app.crash"
 
 # Operation-specific exception events (semconv 1.41) and the error type they imply.
@@ -64,6 +72,7 @@ _CONTEXT_SKIP = frozenset(
 class LogMappingSettings:
     api_error_min_status: int = 500
     defaults: Defaults = Defaults()
+    slug_rules: tuple[an.SlugRule, ...] = ()
 
 
 @dataclass
@@ -73,6 +82,11 @@ class LogRows:
     errors: list[ErrorRow] = field(default_factory=list)
     api_errors: list[ApiErrorRow] = field(default_factory=list)
     crashes: list[CrashRow] = field(default_factory=list)
+    page_views: list[PageViewRow] = field(default_factory=list)
+    actions: list[ActionRow] = field(default_factory=list)
+    page_leaves: list[PageLeaveRow] = field(default_factory=list)
+    # Sessions this request touched, with what their row takes from the events themselves.
+    session_meta: dict[str, an.SessionMeta] = field(default_factory=dict)
     records: int = 0
     ignored: int = 0
     ignored_events: Counter[str] = field(default_factory=Counter)
@@ -88,7 +102,7 @@ class LogRows:
         return "rejected log records: " + "; ".join(parts) if parts else ""
 
     def event_rows(self) -> list[list[Any]]:
-        return [self.api_errors, self.errors, self.crashes]
+        return [self.api_errors, self.errors, self.crashes, self.page_views, self.actions, self.page_leaves]
 
 
 def event_name(record: Any, attrs: Attributes) -> str:
@@ -162,6 +176,9 @@ def _map_record(
 ) -> None:
     attrs = decode_attributes(pb.attributes)
     name = event_name(pb, attrs)
+    if name in an.ANALYTICS_EVENTS:
+        _map_analytics(pb, attrs, name, res, resource_bytes, settings, ip_hash, out)
+        return
     has_exception = "exception.type" in attrs or "exception.message" in attrs
     is_crash = name == CRASH_EVENT or (pb.severity_number >= SEVERITY_FATAL and has_exception)
     if not (is_crash or has_exception or fl.is_exception_event(name)):
@@ -202,6 +219,42 @@ def _map_record(
     )
     if name == "http.server.request.exception":
         out.api_errors.append(_api_error_row(record, exc_type, message, stack, settings, ip_hash))
+
+
+def _map_analytics(
+    pb: Any,
+    attrs: Attributes,
+    name: str,
+    res: ResourceContext,
+    resource_bytes: bytes,
+    settings: LogMappingSettings,
+    ip_hash: IpHash,
+    out: LogRows,
+) -> None:
+    ident = Identity()
+    ident.absorb(attrs)
+    ident.absorb(res.attrs)
+    if not ident.session_id:
+        out.rejected[f"{name} without session.id"] += 1
+        return
+    if name == conv.PAGE_LEAVE_EVENT and not ident.page_view_id:
+        out.rejected[f"{name} without {conv.PAGE_VIEW_ID}"] += 1
+        return
+    key = hashlib.blake2b(resource_bytes + pb.SerializeToString(deterministic=True), digest_size=16).digest()
+    ev = an.EventContext(
+        attrs, res, ident, pb.time_unix_nano or pb.observed_time_unix_nano, key,
+        pb.trace_id.hex() if pb.trace_id.strip(b"\x00") else None,
+        pb.span_id.hex() if pb.span_id.strip(b"\x00") else None,
+    )  # fmt: skip
+    if name in an.PAGE_VIEW_EVENTS:
+        out.page_views.append(an.page_view_row(ev, settings.slug_rules))
+    elif name in an.ACTION_EVENTS:
+        out.actions.append(an.action_row(ev, name, settings.slug_rules))
+    else:
+        out.page_leaves.append(an.page_leave_row(ev))
+    known = out.session_meta.get(ident.session_id)
+    if known is None or known.user_agent is None:
+        out.session_meta[ident.session_id] = an.session_meta(ev, ip_hash)
 
 
 def _exception(record: _Record) -> tuple[str | None, str, str | None]:

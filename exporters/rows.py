@@ -229,6 +229,65 @@ class ServerMetricsRow(NamedTuple):
     environment: str | None
 
 
+@_table("user_page_views", "view_timestamp", (
+        "uuid", "text", "text", "text", "text", "text", "text", "text", "timestamptz", "jsonb",
+        "text", "text", "text", "text", "text", "text",
+    ))  # fmt: skip
+class PageViewRow(NamedTuple):
+    id: uuid.UUID
+    user_id: str | None
+    user_role: str
+    session_id: str
+    page_slug: str
+    page_path: str
+    url: str | None
+    referrer: str | None
+    view_timestamp: datetime
+    device_info: Any
+    service_name: str
+    service_version: str | None
+    environment: str | None
+    trace_id: str | None
+    span_id: str | None
+    page_view_id: str | None
+
+
+@_table("user_actions", "action_timestamp", (
+        "uuid", "text", "text", "text", "text", "text", "text", "jsonb", "timestamptz", "jsonb",
+        "text", "text", "text", "text", "text", "text",
+    ))  # fmt: skip
+class ActionRow(NamedTuple):
+    id: uuid.UUID
+    user_id: str | None
+    user_role: str
+    session_id: str
+    page_slug: str
+    action_type: str
+    action_target: str | None
+    action_context: Any
+    action_timestamp: datetime
+    device_info: Any
+    service_name: str
+    service_version: str | None
+    environment: str | None
+    trace_id: str | None
+    span_id: str | None
+    page_view_id: str | None
+
+
+@_table("user_page_leaves", "left_at", (
+        "uuid", "text", "text", "timestamptz", "int4", "int4", "int4",
+    ))  # fmt: skip
+class PageLeaveRow(NamedTuple):
+    id: uuid.UUID
+    page_view_id: str
+    session_id: str
+    left_at: datetime
+    time_on_page: int | None
+    scroll_depth: int | None
+    interactions_count: int | None
+
+
 @_table("query_patterns", "last_seen", (
         "text", "text", "text", "text", "text", "timestamptz", "timestamptz",
     ))  # fmt: skip
@@ -244,5 +303,6 @@ class QueryPatternRow(NamedTuple):
 
 # Tables whose rows are appended with deterministic ids (idempotent COPY), in write order.
 EVENT_ROW_TYPES: tuple[type[Any], ...] = (
-    ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow, CrashRow, ServerMetricsRow
+    ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow, CrashRow, ServerMetricsRow,
+    PageViewRow, ActionRow, PageLeaveRow,
 )  # fmt: skip

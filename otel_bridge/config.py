@@ -9,6 +9,7 @@ keeps the two in step.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -85,6 +86,16 @@ def _workers(raw: str) -> int:
     return value
 
 
+def _slug_rules(raw: str) -> str:
+    from otel_bridge.exporters.analytics import parse_slug_rules
+
+    try:
+        parse_slug_rules(raw)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression: {exc}") from None
+    return raw
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -121,6 +132,7 @@ class Config:
     tls_client_ca_file: str | None = _setting("OTEL_BRIDGE_TLS_CLIENT_CA_FILE", _optional_text, None)
     cors_origins: str | None = _setting("OTEL_BRIDGE_CORS_ORIGINS", _optional_text, None)
     log_level: str = _setting("OTEL_BRIDGE_LOG_LEVEL", _text, "INFO")
+    page_slug_rules: str | None = _setting("OTEL_BRIDGE_PAGE_SLUG_RULES", _slug_rules, None)
     # Privacy.
     ip_hash_key: str | None = _setting("OTEL_BRIDGE_IP_HASH_KEY", _optional_text, None, secret=True)
     # Data lifecycle.

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from otel_bridge.config import Config
 from otel_bridge.errors import PermanentError
+from otel_bridge.exporters.analytics import parse_slug_rules
 from otel_bridge.exporters.context import Defaults, IpHash
 from otel_bridge.exporters.logs import LogMappingSettings, map_logs
 from otel_bridge.exporters.metrics import map_metrics
@@ -72,7 +73,9 @@ class Pipeline:
             defaults=Defaults(config.crashlytics_environment, config.crashlytics_release_version),
         )
         self._log_settings = LogMappingSettings(
-            api_error_min_status=config.apm_api_error_min_status, defaults=self._span_settings.defaults
+            api_error_min_status=config.apm_api_error_min_status,
+            defaults=self._span_settings.defaults,
+            slug_rules=parse_slug_rules(config.page_slug_rules),
         )
 
     async def consume(self, signal: str, data: bytes) -> Outcome:
@@ -128,6 +131,9 @@ class Pipeline:
             "rows_errors": len(rows.errors),
             "rows_api_errors": len(rows.api_errors),
             "rows_crashes": len(rows.crashes),
+            "rows_page_views": len(rows.page_views),
+            "rows_actions": len(rows.actions),
+            "rows_page_leaves": len(rows.page_leaves),
         }
         messages = [rows.rejection_message()] if rejected else []
         if rows.ignored_events:

@@ -246,4 +246,12 @@ metric_series_state = Table(
     Column("updated_at", TZ, nullable=False),
 )  # fmt: skip
 
+user_page_leaves = Table(
+    "user_page_leaves", metadata,
+    Column("id", UUID, primary_key=True), Column("page_view_id", Text, nullable=False),
+    Column("session_id", Text, nullable=False), Column("left_at", TZ, nullable=False),
+    Column("time_on_page", Integer), Column("scroll_depth", Integer),
+    Column("interactions_count", Integer), Column("created_at", TZ, nullable=False),
+)  # fmt: skip
+
 PARTITIONED_TABLES = [t for t in metadata.sorted_tables if "time_column" in t.info]

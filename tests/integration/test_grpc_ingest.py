@@ -135,12 +135,12 @@ def test_metric_rejections_and_unmapped_events_in_partial_success(bridge: Any) -
     logs = logs_pb.ExportLogsServiceRequest()
     records = logs.resource_logs.add().scope_logs.add().log_records
     records.add(time_unix_nano=1).body.string_value = "a plain log line"
-    records.add(time_unix_nano=2, event_name="browser.navigation")
+    records.add(time_unix_nano=2, event_name="browser.web_vital")
     response = logs_pb.ExportLogsServiceResponse.FromString(
         raw_call(bridge.endpoint, LOGS_EXPORT, logs.SerializeToString())
     )
     assert response.partial_success.rejected_log_records == 0
-    assert "not mapped to tables yet: browser.navigation x1" in response.partial_success.error_message
+    assert "not mapped to tables yet: browser.web_vital x1" in response.partial_success.error_message
     with pytest.raises(grpc.RpcError) as failure:
         raw_call(bridge.endpoint, LOGS_EXPORT, b"\xff garbage")
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,99 @@
+"""Browser analytics events -> page views, actions and sessions, with events out of order, spread
+over several requests and re-sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
+from opentelemetry.proto.common.v1 import common_pb2
+
+LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+T0 = 1_790_000_000_000_000_000
+SECOND = 1_000_000_000
+
+
+def any_value(value: Any) -> common_pb2.AnyValue:
+    if isinstance(value, dict):
+        return common_pb2.AnyValue(kvlist_value=common_pb2.KeyValueList(
+            values=[common_pb2.KeyValue(key=k, value=any_value(v)) for k, v in value.items()]))  # fmt: skip
+    if isinstance(value, bool):
+        return common_pb2.AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return common_pb2.AnyValue(int_value=value)
+    return common_pb2.AnyValue(string_value=str(value))
+
+
+def browser_request(*events: tuple[str, int, dict[str, Any]]) -> bytes:
+    """Log records shaped like otel-bridge.js / otel-browser events (semconv names, webjs SDK)."""
+    request = logs_pb.ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    for key, value in {"service.name": "cqms-web", "telemetry.sdk.language": "webjs",
+                       "browser.platform": "Linux", "user_agent.original": "Mozilla/5.0 Chrome/126"}.items():  # fmt: skip
+        resource_logs.resource.attributes.add(key=key, value=any_value(value))
+    scope = resource_logs.scope_logs.add()
+    scope.scope.name = "otel-bridge.js"
+    for name, offset_s, attrs in events:
+        record = scope.log_records.add(time_unix_nano=T0 + offset_s * SECOND, event_name=name)
+        for key, value in attrs.items():
+            record.attributes.add(key=key, value=any_value(value))
+    return request.SerializeToString()
+
+
+def send(endpoint: str, payload: bytes) -> logs_pb.ExportLogsServiceResponse:
+    with grpc.insecure_channel(endpoint) as channel:
+        call = channel.unary_unary(LOGS_EXPORT, request_serializer=None, response_deserializer=None)
+        return logs_pb.ExportLogsServiceResponse.FromString(call(payload, timeout=10))
+
+
+WHO = {"session.id": "s-1", "user.id": "u-1", "user.roles": "Auditor", "client.address": "192.0.2.10"}
+
+
+def view(view_id: str, path: str, **extra: Any) -> dict[str, Any]:
+    return {**WHO, "otel_bridge.page_view.id": view_id, "url.full": f"https://app.example.com{path}", **extra}
+
+
+def test_sessions_and_time_on_page_whatever_the_order(db_url: str, start_bridge: Any, rows: Any) -> None:
+    bridge = start_bridge(db_url, OTEL_BRIDGE_PAGE_SLUG_RULES=r"^/audits/\d+$=audit-detail")
+    later = browser_request(
+        ("browser.navigation", 75, view("pv-c", "/audits/42")),
+        ("browser.navigation", 30, view("pv-b", "/src/features/dashboard/presentation/new-auditors-dashboard.html")),
+    )
+    first = browser_request(
+        ("browser.navigation", 0, view("pv-a", "/home", **{"otel_bridge.page.slug": "home-page"})),
+        ("browser.user_action.click", 10, {**WHO, "otel_bridge.page_view.id": "pv-a", "url.path": "/home",
+                                           "browser.element.attributes": {"id": "filter-button", "data-otel-filter": "7d"}}),
+        ("otel_bridge.page_leave", 25, {**WHO, "otel_bridge.page_view.id": "pv-a",
+                                        "otel_bridge.page.time_on_page_ms": 24_600, "otel_bridge.page.scroll_depth": 80,
+                                        "otel_bridge.page.interactions": 3}),
+    )  # fmt: skip
+    assert not send(bridge.endpoint, later).HasField("partial_success")
+    assert not send(bridge.endpoint, first).HasField("partial_success")
+    send(bridge.endpoint, first)  # a retry of a request that was stored: changes nothing
+
+    views = rows(db_url, "SELECT page_view_id, page_slug, time_on_page, scroll_depth, interactions_count, "
+                         "user_role FROM user_page_views ORDER BY view_timestamp")  # fmt: skip
+    assert views == [
+        ("pv-a", "home-page", 25, 80, 3, "Auditor"),  # the page_leave's own figure
+        ("pv-b", "new-auditors-dashboard", 45, None, 0, "Auditor"),  # until the next view
+        ("pv-c", "audit-detail", None, None, 0, "Auditor"),  # the last view: not known yet
+    ]
+    (action,) = rows(db_url, "SELECT action_type, action_target, action_context->>'data-otel-filter', page_slug "
+                             "FROM user_actions")  # fmt: skip
+    assert action == ("click", "filter-button", "7d", "home")
+    (session,) = rows(db_url, "SELECT session_id, user_id, user_role, session_duration, pages_visited, "
+                              "actions_count, user_agent, ip_address IS NOT NULL, "
+                              "ip_address <> '192.0.2.10' FROM user_sessions")  # fmt: skip
+    assert session == ("s-1", "u-1", "Auditor", 75, ["home-page", "new-auditors-dashboard", "audit-detail"], 1,
+                       "Mozilla/5.0 Chrome/126", True, True)  # fmt: skip
+
+
+def test_events_without_a_session_are_rejected_and_counted(bridge: Any, db_url: str, rows: Any) -> None:
+    response = send(bridge.endpoint, browser_request(
+        ("browser.navigation", 0, {"url.full": "https://app.example.com/x"}),
+        ("browser.navigation", 1, view("pv-z", "/y")),
+    ))  # fmt: skip
+    assert response.partial_success.rejected_log_records == 1
+    assert "browser.navigation without session.id" in response.partial_success.error_message
+    assert rows(db_url, "SELECT count(*) FROM user_page_views")[0][0] == 1
