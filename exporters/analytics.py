@@ -59,7 +59,7 @@ def page_slug(path: str, explicit: str | None, rules: Sequence[SlugRule]) -> str
     return _EXTENSION.sub("", last) or "home"
 
 
-def _page(attrs: Attributes) -> tuple[str, str | None]:
+def page_location(attrs: Attributes) -> tuple[str, str | None]:
     """(path, full URL) of the page an event happened on."""
     url = as_str(attrs.get("url.full") or attrs.get("browser.document.url.full") or attrs.get("http.url"))
     path = as_str(attrs.get("url.path"))
@@ -83,7 +83,7 @@ class EventContext:
 
 def page_view_row(ev: EventContext, rules: Sequence[SlugRule]) -> PageViewRow:
     attrs, res, ident = ev.attrs, ev.res, ev.ident
-    path, url = _page(attrs)
+    path, url = page_location(attrs)
     view_id = ident.page_view_id
     # The page view's own id is the key when known, so the tracker's retries and the
     # navigation + page_view pair of one view are one row.
@@ -121,7 +121,7 @@ def _action_target(attrs: Attributes) -> str | None:
 
 def action_row(ev: EventContext, name: str, rules: Sequence[SlugRule]) -> ActionRow:
     attrs, res, ident = ev.attrs, ev.res, ev.ident
-    path, _ = _page(attrs)
+    path, _ = page_location(attrs)
     action_type = as_str(attrs.get(conv.ACTION_TYPE)) or ("click" if name.endswith("click") else name)
     context = attrs.get(conv.ACTION_CONTEXT)
     element = attrs.get("browser.element.attributes")

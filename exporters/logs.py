@@ -33,6 +33,7 @@ from otel_bridge.exporters.context import (
     resource_context,
     user_agent,
 )
+from otel_bridge.exporters.frontend import PERF_EVENTS, perf_rows
 from otel_bridge.exporters.http_route import endpoint_path
 from otel_bridge.exporters.rows import (
     ActionRow,
@@ -41,18 +42,13 @@ from otel_bridge.exporters.rows import (
     ErrorRow,
     PageLeaveRow,
     PageViewRow,
+    PerfEventRow,
     row_id,
     timestamp,
 )
 from otel_bridge.privacy import cap, scrub
 
 SEVERITY_FATAL = 21  # FATAL..FATAL4 are 21-24
-
-# Analytics and performance events that DESIGN §5 maps but this module does not yet: reported
-# in the response as accepted-but-not-stored instead of vanishing silently.
-NOT_YET_MAPPED_EVENTS = frozenset(
-    {"browser.web_vital", "browser.navigation_timing", "browser.resource_timing"}
-)
 CRASH_EVENT = "app.crash"
 
 # Operation-specific exception events (semconv 1.41) and the error type they imply.
@@ -85,11 +81,11 @@ class LogRows:
     page_views: list[PageViewRow] = field(default_factory=list)
     actions: list[ActionRow] = field(default_factory=list)
     page_leaves: list[PageLeaveRow] = field(default_factory=list)
+    perf_events: list[PerfEventRow] = field(default_factory=list)
     # Sessions this request touched, with what their row takes from the events themselves.
     session_meta: dict[str, an.SessionMeta] = field(default_factory=dict)
     records: int = 0
     ignored: int = 0
-    ignored_events: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     query_patterns: dict[str, Any] = field(default_factory=dict)  # the writer's interface
 
@@ -102,7 +98,14 @@ class LogRows:
         return "rejected log records: " + "; ".join(parts) if parts else ""
 
     def event_rows(self) -> list[list[Any]]:
-        return [self.api_errors, self.errors, self.crashes, self.page_views, self.actions, self.page_leaves]
+        return [self.api_errors, self.errors, self.crashes, self.page_views, self.actions, self.page_leaves,
+                self.perf_events]
+
+    def perf_keys(self) -> list[str]:
+        """Page views whose performance row must be recomputed."""
+        keys = {row.perf_key for row in self.perf_events}
+        keys.update(row.page_view_id for row in self.page_views if row.page_view_id)
+        return sorted(keys)
 
 
 def event_name(record: Any, attrs: Attributes) -> str:
@@ -176,15 +179,13 @@ def _map_record(
 ) -> None:
     attrs = decode_attributes(pb.attributes)
     name = event_name(pb, attrs)
-    if name in an.ANALYTICS_EVENTS:
+    if name in an.ANALYTICS_EVENTS or name in PERF_EVENTS:
         _map_analytics(pb, attrs, name, res, resource_bytes, settings, ip_hash, out)
         return
     has_exception = "exception.type" in attrs or "exception.message" in attrs
     is_crash = name == CRASH_EVENT or (pb.severity_number >= SEVERITY_FATAL and has_exception)
     if not (is_crash or has_exception or fl.is_exception_event(name)):
         out.ignored += 1
-        if name in NOT_YET_MAPPED_EVENTS:
-            out.ignored_events[name] += 1
         return
     key = hashlib.blake2b(resource_bytes + pb.SerializeToString(deterministic=True), digest_size=16).digest()
     record = _Record(pb, attrs, res, name, pb.time_unix_nano or pb.observed_time_unix_nano, key, browser)
@@ -246,6 +247,10 @@ def _map_analytics(
         pb.trace_id.hex() if pb.trace_id.strip(b"\x00") else None,
         pb.span_id.hex() if pb.span_id.strip(b"\x00") else None,
     )  # fmt: skip
+    if name in PERF_EVENTS:
+        body = decode_value(pb.body) if pb.body.WhichOneof("value") else None
+        out.perf_events.extend(perf_rows(name, attrs, body, ident, res, ev.time_unix_nano, key, settings.slug_rules))
+        return
     if name in an.PAGE_VIEW_EVENTS:
         out.page_views.append(an.page_view_row(ev, settings.slug_rules))
     elif name in an.ACTION_EVENTS:

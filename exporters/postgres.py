@@ -125,6 +125,40 @@ WHERE p.id = c.id AND p.view_timestamp = c.view_timestamp
        OR p.interactions_count IS DISTINCT FROM coalesce(c.interactions, p.interactions_count))
 """
 
+# One frontend_performance_metrics row per page view, recomputed from its stored events: the
+# latest value of each metric (web vitals are re-reported as they change), timed at the page view.
+_DELETE_FRONTEND = "DELETE FROM frontend_performance_metrics WHERE perf_key = ANY(%(k)s)"
+_INSERT_FRONTEND = """
+INSERT INTO frontend_performance_metrics (id, perf_key, page_view_id, user_id, user_role, session_id,
+  page_slug, page_path, page_load_time, time_to_first_byte, first_contentful_paint,
+  largest_contentful_paint, cumulative_layout_shift, first_input_delay, interaction_to_next_paint,
+  time_to_interactive, dom_content_loaded, window_load, javascript_execution_time,
+  resource_load_times, "timestamp", service_name, service_version, environment)
+SELECT md5(e.perf_key)::uuid, e.perf_key, max(e.page_view_id),
+       (array_agg(e.user_id ORDER BY e.at DESC) FILTER (WHERE e.user_id IS NOT NULL))[1],
+       (array_agg(e.user_role ORDER BY e.at DESC) FILTER (WHERE e.user_role IS NOT NULL))[1],
+       max(e.session_id), coalesce(max(v.page_slug), max(e.page_slug)), max(e.page_path),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'page_load_time'))[1]),
+       round(coalesce((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'ttfb'))[1],
+                      (array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'nav_ttfb'))[1])),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'fcp'))[1]),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'lcp'))[1]),
+       round(((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'cls'))[1])::numeric, 4),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'fid'))[1]),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'inp'))[1]),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'time_to_interactive'))[1]),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'dom_content_loaded'))[1]),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'page_load_time'))[1]),
+       round((array_agg(e.value ORDER BY e.at DESC) FILTER (WHERE e.metric = 'javascript_execution_time'))[1]),
+       jsonb_agg(e.resource ORDER BY e.at) FILTER (WHERE e.metric = 'resource'),
+       coalesce(min(v.view_timestamp), min(e.at)), max(e.service_name), max(e.service_version),
+       max(e.environment)
+FROM frontend_perf_events e
+LEFT JOIN user_page_views v ON v.page_view_id = e.page_view_id AND e.page_view_id IS NOT NULL
+WHERE e.perf_key = ANY(%(k)s)
+GROUP BY e.perf_key
+"""
+
 _UPSERT_SESSIONS = """
 WITH events AS (
   SELECT session_id, view_timestamp AS at, user_id, user_role, service_name, service_version,
@@ -211,6 +245,11 @@ class PostgresWriter:
             session_meta = getattr(rows, "session_meta", None)
             if session_meta:
                 await self._refresh_sessions(conn, session_meta)
+            perf_keys = rows.perf_keys() if hasattr(rows, "perf_keys") else []
+            if perf_keys:
+                async with conn.cursor() as cur:
+                    await cur.execute(_DELETE_FRONTEND, {"k": perf_keys})
+                    await cur.execute(_INSERT_FRONTEND, {"k": perf_keys})
 
     async def write_metrics(self, rows: MetricRows) -> None:
         """Rates need the previous point of each cumulative series: read (and lock, in key order,

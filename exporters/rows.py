@@ -288,6 +288,29 @@ class PageLeaveRow(NamedTuple):
     interactions_count: int | None
 
 
+@_table("frontend_perf_events", "at", (
+        "uuid", "text", "text", "text", "text", "text", "text", "text", "text", "text", "float8",
+        "jsonb", "timestamptz", "text", "text", "text",
+    ))  # fmt: skip
+class PerfEventRow(NamedTuple):
+    id: uuid.UUID
+    perf_key: str  # the page view id, else session + page path
+    page_view_id: str | None
+    session_id: str
+    page_slug: str
+    page_path: str
+    user_id: str | None
+    user_role: str | None
+    event_name: str
+    metric: str
+    value: float | None
+    resource: Any
+    at: datetime
+    service_name: str
+    service_version: str | None
+    environment: str | None
+
+
 @_table("query_patterns", "last_seen", (
         "text", "text", "text", "text", "text", "timestamptz", "timestamptz",
     ))  # fmt: skip
@@ -304,5 +327,5 @@ class QueryPatternRow(NamedTuple):
 # Tables whose rows are appended with deterministic ids (idempotent COPY), in write order.
 EVENT_ROW_TYPES: tuple[type[Any], ...] = (
     ApiPerformanceRow, ApiErrorRow, DbPerformanceRow, ErrorRow, CrashRow, ServerMetricsRow,
-    PageViewRow, ActionRow, PageLeaveRow,
+    PageViewRow, ActionRow, PageLeaveRow, PerfEventRow,
 )  # fmt: skip

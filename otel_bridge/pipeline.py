@@ -135,12 +135,6 @@ class Pipeline:
             "rows_actions": len(rows.actions),
             "rows_page_leaves": len(rows.page_leaves),
         }
-        messages = [rows.rejection_message()] if rejected else []
-        if rows.ignored_events:
-            # Events that later mapping issues will store (page views, actions, web vitals):
-            # say so rather than drop them silently. Plain log lines are ignored quietly.
-            names = ", ".join(f"{n} x{c}" for n, c in sorted(rows.ignored_events.items()))
-            messages.append(f"events accepted but not mapped to tables yet: {names}")
         if rejected:
             log.warning("log export: %s", rows.rejection_message())
-        return Outcome(rejected, "; ".join(messages), counts)
+        return Outcome(rejected, rows.rejection_message(), counts)

@@ -113,6 +113,7 @@ frontend_performance_metrics = _event_table(
         "first_input_delay", "interaction_to_next_paint", "time_to_interactive",
         "dom_content_loaded", "window_load", "javascript_execution_time")],
     Column("resource_load_times", JSONB), Column("timestamp", TZ, nullable=False),
+    Column("perf_key", Text),
 )  # fmt: skip
 
 server_performance_metrics = _event_table(
@@ -252,6 +253,17 @@ user_page_leaves = Table(
     Column("session_id", Text, nullable=False), Column("left_at", TZ, nullable=False),
     Column("time_on_page", Integer), Column("scroll_depth", Integer),
     Column("interactions_count", Integer), Column("created_at", TZ, nullable=False),
+)  # fmt: skip
+
+frontend_perf_events = Table(
+    "frontend_perf_events", metadata,
+    Column("id", UUID, primary_key=True), Column("perf_key", Text, nullable=False),
+    Column("page_view_id", Text), Column("session_id", Text, nullable=False),
+    Column("page_slug", Text, nullable=False), Column("page_path", Text), *_identity(),
+    Column("event_name", Text, nullable=False), Column("metric", Text), Column("value", Double),
+    Column("resource", JSONB), Column("at", TZ, nullable=False),
+    Column("service_name", Text, nullable=False), Column("service_version", Text),
+    Column("environment", Text), Column("created_at", TZ, nullable=False),
 )  # fmt: skip
 
 PARTITIONED_TABLES = [t for t in metadata.sorted_tables if "time_column" in t.info]

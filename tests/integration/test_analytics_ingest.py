@@ -3,6 +3,7 @@ over several requests and re-sent."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import grpc
@@ -97,3 +98,46 @@ def test_events_without_a_session_are_rejected_and_counted(bridge: Any, db_url: 
     assert response.partial_success.rejected_log_records == 1
     assert "browser.navigation without session.id" in response.partial_success.error_message
     assert rows(db_url, "SELECT count(*) FROM user_page_views")[0][0] == 1
+
+
+def test_web_vitals_and_timings_fill_one_row_per_page_view(bridge: Any, db_url: str, rows: Any) -> None:
+    perf = {**WHO, "otel_bridge.page_view.id": "pv-p", "browser.document.url.full": "https://app.example.com/dashboard"}
+    # Performance events first, the page view itself in a later request.
+    send(bridge.endpoint, browser_request(
+        ("browser.web_vital", 2, {**perf, "browser.web_vital.name": "lcp", "browser.web_vital.value": 1800.4,
+                                  "browser.web_vital.rating": "good"}),
+        ("browser.web_vital", 9, {**perf, "browser.web_vital.name": "lcp", "browser.web_vital.value": 2450.0}),
+        ("browser.web_vital", 9, {**perf, "browser.web_vital.name": "cls", "browser.web_vital.value": "0.0713"}),
+        ("browser.web_vital", 3, {**perf, "browser.web_vital.name": "inp", "browser.web_vital.value": 96}),
+        ("browser.navigation_timing", 1, {**perf, "url.full": "https://app.example.com/dashboard",
+                                          "browser.navigation_timing.load_event_end": 1234.6,
+                                          "browser.navigation_timing.dom_content_loaded_event_end": 900,
+                                          "browser.navigation_timing.dom_interactive": 850,
+                                          "browser.resource_timing.response_start": 120.2}),
+        ("browser.resource_timing", 1, {**perf, "url.full": "https://cdn.example.com/app.js",
+                                        "browser.resource_timing.initiator_type": "script",
+                                        "browser.resource_timing.duration": 210.0,
+                                        "browser.resource_timing.transfer_size": 5120,
+                                        "browser.resource_timing.domain_lookup_start": 10,
+                                        "browser.resource_timing.domain_lookup_end": 14,
+                                        "browser.resource_timing.request_start": 20,
+                                        "browser.resource_timing.response_start": 120,
+                                        "browser.resource_timing.response_end": 220}),
+    ))  # fmt: skip
+    # The older web-vital shape: the values in a body map.
+    old = logs_pb.ExportLogsServiceRequest.FromString(browser_request(("browser.web_vital", 4, perf)))
+    record = old.resource_logs[0].scope_logs[0].log_records[0]
+    record.body.CopyFrom(any_value({"name": "FCP", "value": 640.0, "delta": 640.0, "id": "v3-1"}))
+    send(bridge.endpoint, old.SerializeToString())
+    send(bridge.endpoint, browser_request(("browser.navigation", 0, view("pv-p", "/dashboard"))))
+
+    (row,) = rows(db_url, "SELECT page_slug, largest_contentful_paint, cumulative_layout_shift, "
+                          "interaction_to_next_paint, first_contentful_paint, page_load_time, "
+                          "dom_content_loaded, time_to_interactive, time_to_first_byte, window_load, "
+                          "resource_load_times, timestamp = to_timestamp(%s) FROM frontend_performance_metrics",
+                  (T0 / 1e9,))  # fmt: skip
+    assert row[:10] == ("dashboard", 2450, Decimal("0.0713"), 96, 640, 1235, 900, 850, 120, 1235)
+    (resource,) = row[10]
+    assert resource["url"] == "https://cdn.example.com/app.js" and resource["type"] == "script"
+    assert (resource["dns_ms"], resource["ttfb_ms"], resource["download_ms"]) == (4, 100, 100)
+    assert row[11], "timed at the page view, not at its first performance event"

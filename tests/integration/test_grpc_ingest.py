@@ -118,7 +118,7 @@ def test_partial_success_counts_rejected_spans(bridge: Any, db_url: str, rows: A
     assert counts(rows, db_url)["api_performance_metrics"] == 3
 
 
-def test_metric_rejections_and_unmapped_events_in_partial_success(bridge: Any) -> None:
+def test_metric_and_log_rejections_in_partial_success(bridge: Any) -> None:
     metrics = metrics_pb.ExportMetricsServiceRequest()
     gauge = metrics.resource_metrics.add().scope_metrics.add().metrics.add(name="process.cpu.utilization")
     gauge.gauge.data_points.add(as_double=0.5, time_unix_nano=1)
@@ -135,12 +135,13 @@ def test_metric_rejections_and_unmapped_events_in_partial_success(bridge: Any) -
     logs = logs_pb.ExportLogsServiceRequest()
     records = logs.resource_logs.add().scope_logs.add().log_records
     records.add(time_unix_nano=1).body.string_value = "a plain log line"
-    records.add(time_unix_nano=2, event_name="browser.web_vital")
+    records.add(time_unix_nano=2, event_name="browser.web_vital")  # no session.id: rejected
     response = logs_pb.ExportLogsServiceResponse.FromString(
         raw_call(bridge.endpoint, LOGS_EXPORT, logs.SerializeToString())
     )
-    assert response.partial_success.rejected_log_records == 0
-    assert "not mapped to tables yet: browser.web_vital x1" in response.partial_success.error_message
+    assert response.partial_success.rejected_log_records == 1
+    assert "browser.web_vital without session.id" in response.partial_success.error_message
+    assert bridge.counts["log_records_ignored"] == 1  # the plain log line, quietly
     with pytest.raises(grpc.RpcError) as failure:
         raw_call(bridge.endpoint, LOGS_EXPORT, b"\xff garbage")
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
