@@ -141,3 +141,21 @@ def test_web_vitals_and_timings_fill_one_row_per_page_view(bridge: Any, db_url: 
     assert resource["url"] == "https://cdn.example.com/app.js" and resource["type"] == "script"
     assert (resource["dns_ms"], resource["ttfb_ms"], resource["download_ms"]) == (4, 100, 100)
     assert row[11], "timed at the page view, not at its first performance event"
+
+
+def test_an_error_without_breadcrumbs_gets_its_sessions_history(bridge: Any, db_url: str, rows: Any) -> None:
+    send(bridge.endpoint, browser_request(
+        ("browser.navigation", 0, view("pv-1", "/home")),
+        ("browser.user_action.click", 5, {**WHO, "url.path": "/home", "otel_bridge.action.target": "export-csv",
+                                          "otel_bridge.action.type": "export"}),
+        ("browser.navigation", 20, view("pv-2", "/reports")),
+        ("browser.navigation", 500, view("pv-3", "/later")),  # after the error: not a breadcrumb
+    ))  # fmt: skip
+    send(bridge.endpoint, browser_request(
+        ("exception", 30, {**WHO, "exception.type": "TypeError", "exception.message": "x is undefined"}),
+    ))  # fmt: skip
+    ((error_type, crumbs),) = rows(db_url, "SELECT error_type, breadcrumbs FROM error_logs")
+    assert error_type == "JavaScript"
+    assert [(c["category"], c["message"]) for c in crumbs] == [
+        ("navigation", "home"), ("ui.export", "export-csv"), ("navigation", "reports"),
+    ]
