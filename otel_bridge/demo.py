@@ -19,7 +19,8 @@ from otel_bridge.database import redact_url
 from otel_bridge.service import ThreadedService
 
 TABLES = ("api_performance_metrics", "api_error_logs", "database_performance_metrics", "error_logs",
-          "query_patterns", "crash_reports", "server_performance_metrics")  # fmt: skip
+          "query_patterns", "crash_reports", "server_performance_metrics", "user_page_views",
+          "user_actions", "user_sessions", "frontend_performance_metrics")  # fmt: skip
 DEMO_SERVICE = "cqms-api"
 
 LATENCY_SQL = """
@@ -102,6 +103,18 @@ def _send_logs_and_metrics(endpoint: str) -> None:
     meters.shutdown()
 
 
+def _send_browser_sessions(endpoint: str, sessions: int) -> None:
+    """What otel-bridge.js sends from browsers: page views, actions, page leaves, web vitals."""
+    import grpc
+
+    from otel_bridge.workload import browser_export
+
+    with grpc.insecure_channel(endpoint) as channel:
+        export = channel.unary_unary("/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+                                     request_serializer=None, response_deserializer=None)  # fmt: skip
+        export(browser_export(sessions, seed=int(time.time())).SerializeToString(), timeout=30)
+
+
 def run_demo(config: Config, requests: int = 400) -> int:
     print("otel-bridge demo")
     print(f"  data directory: {config.data_path}" if not config.database_url else "  external database")
@@ -117,6 +130,8 @@ def run_demo(config: Config, requests: int = 400) -> int:
         _send(bridge.endpoint, requests)
         print("  sending a crash, exception log records and two collections of server metrics ...")
         _send_logs_and_metrics(bridge.endpoint)
+        print("  sending 25 browser sessions (page views, actions, web vitals) ...")
+        _send_browser_sessions(bridge.endpoint, 25)
         after = _counts(url)
         with psycopg.connect(url) as conn:
             since = datetime.fromtimestamp(started_at - 1, tz=timezone.utc)

@@ -239,3 +239,75 @@ def export_request(requests: Sequence[Request], stable: bool, framework_spans: b
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
     return encode_spans(spans_for(requests, stable, framework_spans))
+
+
+# --- browser traffic (what otel-bridge.js sends, as OTLP log records) ----------------------------
+PAGES = (("home", "/home"), ("dashboard", "/dashboard"), ("audit-form", "/audits/new"),
+         ("audit-reports", "/audits/reports"), ("user-management", "/settings/users"))  # fmt: skip
+
+
+def any_value(value: Any) -> Any:
+    """A Python value as an OTLP AnyValue (maps and arrays included)."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    if isinstance(value, dict):
+        return common_pb2.AnyValue(kvlist_value=common_pb2.KeyValueList(
+            values=[common_pb2.KeyValue(key=k, value=any_value(v)) for k, v in value.items()]))  # fmt: skip
+    if isinstance(value, list | tuple):
+        return common_pb2.AnyValue(array_value=common_pb2.ArrayValue(values=[any_value(v) for v in value]))
+    if isinstance(value, bool):
+        return common_pb2.AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return common_pb2.AnyValue(int_value=value)
+    if isinstance(value, float):
+        return common_pb2.AnyValue(double_value=value)
+    return common_pb2.AnyValue(string_value=str(value))
+
+
+def browser_export(sessions: int, seed: int = 7) -> Any:
+    """An ExportLogsServiceRequest of browser sessions: page views, clicks and filters, page
+    leaves and web vitals, with the attribute names of semconv and DESIGN §6."""
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    rng = random.Random(seed)
+    request = ExportLogsServiceRequest()
+    resource_logs = request.resource_logs.add()
+    for key, value in {"service.name": "cqms-web", "service.version": "2.4.1", "telemetry.sdk.language": "webjs",
+                       "deployment.environment.name": "production", "browser.platform": "Windows",
+                       "user_agent.original": "Mozilla/5.0 (Windows NT 10.0) Chrome/126.0"}.items():  # fmt: skip
+        resource_logs.resource.attributes.add(key=key, value=any_value(value))
+    scope = resource_logs.scope_logs.add()
+    scope.scope.name = "otel-bridge.js"
+    now = time.time_ns()
+
+    def event(name: str, at: int, attrs: dict[str, Any]) -> None:
+        record = scope.log_records.add(time_unix_nano=at, event_name=name, severity_number=9)
+        for key, value in attrs.items():
+            record.attributes.add(key=key, value=any_value(value))
+
+    for s in range(sessions):
+        who = {"session.id": f"demo-session-{seed}-{s}", "user.id": f"user-{rng.randint(1, 30)}",
+               "user.roles": [rng.choice(ROLES)], "client.address": f"198.51.100.{rng.randint(1, 254)}"}  # fmt: skip
+        at = now - rng.randint(600, 3600) * 10**9
+        for v in range(rng.randint(1, 5)):
+            slug, path = rng.choice(PAGES)
+            view_id = f"pv-{seed}-{s}-{v}"
+            page = {**who, "otel_bridge.page_view.id": view_id, "url.full": f"https://cqms.example.com{path}",
+                    "otel_bridge.page.slug": slug}  # fmt: skip
+            event("browser.navigation", at, page)
+            for vital, value in (("ttfb", rng.uniform(80, 400)), ("fcp", rng.uniform(300, 1500)),
+                                 ("lcp", rng.uniform(800, 4000)), ("cls", rng.uniform(0, 0.3)),
+                                 ("inp", rng.uniform(40, 400))):  # fmt: skip
+                event("browser.web_vital", at + int(value * 1e6),
+                      {**page, "browser.web_vital.name": vital, "browser.web_vital.value": round(value, 4)})
+            for _ in range(rng.randint(0, 3)):
+                at += rng.randint(2, 40) * 10**9
+                kind = rng.choice(("click", "filter", "export", "search", "tab_switch"))
+                event("otel_bridge.user_action", at, {**page, "otel_bridge.action.type": kind,
+                                                      "otel_bridge.action.target": f"{kind}-button"})  # fmt: skip
+            stay = rng.randint(5, 120)
+            event("otel_bridge.page_leave", at + stay * 10**9, {**page, "otel_bridge.page.time_on_page_ms": stay * 1000,
+                                                                 "otel_bridge.page.scroll_depth": rng.randint(10, 100),
+                                                                 "otel_bridge.page.interactions": rng.randint(0, 9)})  # fmt: skip
+            at += (stay + 1) * 10**9
+    return request
