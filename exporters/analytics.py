@@ -25,6 +25,7 @@ ACTION_EVENTS = frozenset({"browser.user_action.click", conv.USER_ACTION_EVENT})
 ANALYTICS_EVENTS = PAGE_VIEW_EVENTS | ACTION_EVENTS | {conv.PAGE_LEAVE_EVENT}
 
 ANONYMOUS = "anonymous"
+_INT4 = 2**31 - 1
 _EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,5}$")
 
 
@@ -101,12 +102,14 @@ def page_leave_row(ev: EventContext) -> PageLeaveRow:
     attrs = ev.attrs
     time_ms = as_int(attrs.get(conv.PAGE_TIME_ON_PAGE_MS))
     scroll = as_int(attrs.get(conv.PAGE_SCROLL_DEPTH))
+    interactions = as_int(attrs.get(conv.PAGE_INTERACTIONS))
     return PageLeaveRow(
         row_id(ev.time_unix_nano, ev.key, b"page_leave"), ev.ident.page_view_id or "",
         ev.ident.session_id or "", timestamp(ev.time_unix_nano),
-        round(time_ms / 1000) if time_ms is not None and time_ms >= 0 else None,
+        # Clamped to the INTEGER columns: one absurd value must not fail the whole request.
+        min(round(time_ms / 1000), _INT4) if time_ms is not None and time_ms >= 0 else None,
         max(0, min(100, scroll)) if scroll is not None else None,
-        as_int(attrs.get(conv.PAGE_INTERACTIONS)),
+        max(0, min(interactions, _INT4)) if interactions is not None else None,
     )  # fmt: skip
 
 

@@ -8,6 +8,7 @@ page is hidden), so each event is kept as a row and the page view's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,9 +32,21 @@ _NAVIGATION_PREFIXES = ("browser.navigation_timing.", "browser.resource_timing."
 _RESOURCE_PREFIXES = ("browser.resource_timing.", "resource.")
 
 
+# Timings are stored as INTEGER milliseconds: anything beyond a day is noise, and an absurd value
+# must not fail the request's transaction.
+_MAX_MS = 86_400_000.0
+
+
+def _number(value: Any) -> float | None:
+    number = as_float(value)
+    if number is None or not math.isfinite(number):
+        return None
+    return max(-_MAX_MS, min(_MAX_MS, number))
+
+
 def _field(attrs: Attributes, prefixes: Sequence[str], name: str) -> float | None:
     for prefix in prefixes:
-        value = as_float(attrs.get(prefix + name))
+        value = _number(attrs.get(prefix + name))
         if value is not None:
             return value
     return None
@@ -65,9 +78,9 @@ def _resource(attrs: Attributes) -> dict[str, Any]:
 
 def _vital(attrs: Attributes, body: Any) -> tuple[str | None, float | None]:
     name = as_str(attrs.get("browser.web_vital.name"))
-    value = as_float(attrs.get("browser.web_vital.value"))
+    value = _number(attrs.get("browser.web_vital.value"))
     if name is None and isinstance(body, dict):  # before semconv 1.44: a body map
-        name, value = as_str(body.get("name")), as_float(body.get("value"))
+        name, value = as_str(body.get("name")), _number(body.get("value"))
     return (name.lower() if name else None), value
 
 
@@ -102,7 +115,7 @@ def perf_rows(
             value = _field(attrs, _NAVIGATION_PREFIXES, field_name)
             if value is not None:
                 rows.append(row(metric, value))
-        js = as_float(attrs.get("otel_bridge.page.javascript_execution_time_ms"))
+        js = _number(attrs.get("otel_bridge.page.javascript_execution_time_ms"))
         if js is not None:
             rows.append(row("javascript_execution_time", js))
         return rows

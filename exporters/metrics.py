@@ -10,6 +10,7 @@ instrumentation (research/semconv.md §6).
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,6 +21,7 @@ from otel_bridge.exporters.context import Defaults, resource_context
 from otel_bridge.exporters.rows import ServerMetricsRow, row_id, timestamp
 
 AGGREGATION_TEMPORALITY_DELTA = 1
+_INT4 = 2**31 - 1
 MIB = 1024 * 1024
 
 # Gauge-like values: metric name -> (column, how to turn the summed value into the column's unit).
@@ -107,9 +109,11 @@ def _instance(res_attrs: dict[str, Any]) -> str:
 
 
 def _point_value(point: Any) -> float | None:
+    if "value" not in point.DESCRIPTOR.oneofs_by_name:  # a histogram where a number was expected
+        return None
     kind = point.WhichOneof("value")
     if kind == "as_double":
-        return float(point.as_double)
+        return point.as_double if math.isfinite(point.as_double) else None
     if kind == "as_int":
         return float(point.as_int)
     return None
@@ -145,9 +149,13 @@ def map_metrics(request: Any, defaults: Defaults = Defaults()) -> MetricRows:
                     sample = _sample(out, res, instance, point.time_unix_nano)
                     if name in _DURATION_HISTOGRAMS or name in _CPU_TIME:
                         # One series per attribute set: each has its own start time and history.
-                        value = float(point.count) if name in _DURATION_HISTOGRAMS else _point_value(point)
+                        if name in _DURATION_HISTOGRAMS:
+                            count = getattr(point, "count", None)  # a number where a histogram was expected
+                            value = float(count) if count is not None else None
+                        else:
+                            value = _point_value(point)
                         if value is None:
-                            out.ignored += 1
+                            out.rejected["of the wrong kind for their metric"] += 1
                             continue
                         series = f"{res.service_name}\x1f{instance}\x1f{name}\x1f{_attribute_key(attrs)}"
                         columns = ("cpu_time",) if name in _CPU_TIME else (
@@ -162,7 +170,7 @@ def map_metrics(request: Any, defaults: Defaults = Defaults()) -> MetricRows:
                         continue
                     value = _point_value(point)
                     if value is None:
-                        out.ignored += 1
+                        out.rejected["without a finite number value"] += 1
                         continue
                     if name == "process.runtime.cpython.memory" and attrs.get("type") != "rss":
                         continue
@@ -227,11 +235,14 @@ def apply_rates(out: MetricRows, previous: dict[str, PreviousPoint]) -> dict[str
 def _row(sample: _Sample) -> ServerMetricsRow:
     v = sample.values
 
+    # Clamped to the columns' ranges: one absurd value must not fail the whole request.
     def whole(name: str) -> int | None:
-        return int(round(v[name])) if name in v else None
+        x = v.get(name)
+        return int(round(max(-_INT4, min(_INT4, x)))) if x is not None and math.isfinite(x) else None
 
     def decimal(name: str, limit: float) -> Decimal | None:
-        return Decimal(f"{min(v[name], limit):.2f}") if name in v else None
+        x = v.get(name)
+        return Decimal(f"{max(-limit, min(limit, x)):.2f}") if x is not None and math.isfinite(x) else None
 
     handles = whole("active_handles")
     return ServerMetricsRow(
