@@ -139,6 +139,13 @@ def action_row(ev: EventContext, name: str, rules: Sequence[SlugRule]) -> Action
     )  # fmt: skip
 
 
+def perf_keys(page_views: Sequence[PageViewRow], perf_events: Sequence[Any]) -> list[str]:
+    """Page views whose performance row must be recomputed by the writer."""
+    keys = {row.perf_key for row in perf_events}
+    keys.update(row.page_view_id for row in page_views if row.page_view_id)
+    return sorted(keys)
+
+
 @dataclass(frozen=True)
 class SessionMeta:
     """What a session row takes from its events besides the aggregates."""

@@ -102,10 +102,7 @@ class LogRows:
                 self.perf_events]
 
     def perf_keys(self) -> list[str]:
-        """Page views whose performance row must be recomputed."""
-        keys = {row.perf_key for row in self.perf_events}
-        keys.update(row.page_view_id for row in self.page_views if row.page_view_id)
-        return sorted(keys)
+        return an.perf_keys(self.page_views, self.perf_events)
 
 
 def event_name(record: Any, attrs: Attributes) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from otel_bridge.exporters import analytics as an
+from otel_bridge.exporters import browser_spans as bs
 from otel_bridge.exporters import failures as fl
 from otel_bridge.exporters import sql_normalize as sqln
 from otel_bridge.exporters.attributes import (
@@ -38,10 +40,13 @@ from otel_bridge.exporters.context import (
 )
 from otel_bridge.exporters.http_route import endpoint_path
 from otel_bridge.exporters.rows import (
+    ActionRow,
     ApiErrorRow,
     ApiPerformanceRow,
     DbPerformanceRow,
     ErrorRow,
+    PageViewRow,
+    PerfEventRow,
     QueryPatternRow,
     row_id,
     timestamp,
@@ -52,6 +57,7 @@ SPAN_KIND_SERVER = 2
 SPAN_KIND_CLIENT = 3
 STATUS_CODE_ERROR = 2
 
+_BROWSER_SPAN_NAMES = frozenset({bs.DOCUMENT_LOAD, "click"})
 _ASGI_INTERNAL_SUFFIXES = (" http send", " http receive", " websocket send", " websocket receive")
 _IDENTITY_AND_CRUMBS = frozenset((*IDENTITY_KEYS, "otel_bridge.breadcrumbs"))
 # Every attribute the SERVER and CLIENT rows read; the rest is decoded only for error rows.
@@ -73,6 +79,7 @@ class SpanMappingSettings:
     slow_query_ms: float = 1000.0
     api_error_min_status: int = 500
     defaults: Defaults = Defaults()
+    slug_rules: tuple[an.SlugRule, ...] = ()
 
 
 @dataclass
@@ -83,6 +90,10 @@ class TraceRows:
     api_errors: list[ApiErrorRow] = field(default_factory=list)
     db_performance: list[DbPerformanceRow] = field(default_factory=list)
     errors: list[ErrorRow] = field(default_factory=list)
+    page_views: list[PageViewRow] = field(default_factory=list)  # opentelemetry-js documentLoad
+    actions: list[ActionRow] = field(default_factory=list)  # opentelemetry-js user interaction
+    perf_events: list[PerfEventRow] = field(default_factory=list)
+    session_meta: dict[str, an.SessionMeta] = field(default_factory=dict)
     query_patterns: dict[str, QueryPatternRow] = field(default_factory=dict)
     pattern_last_seen: dict[str, datetime] = field(default_factory=dict)  # folded in at the end
     spans: int = 0
@@ -101,7 +112,11 @@ class TraceRows:
         return "rejected spans: " + "; ".join(parts) if parts else ""
 
     def event_rows(self) -> list[list[Any]]:
-        return [self.api_performance, self.api_errors, self.db_performance, self.errors]
+        return [self.api_performance, self.api_errors, self.db_performance, self.errors,
+                self.page_views, self.actions, self.perf_events]
+
+    def perf_keys(self) -> list[str]:
+        return an.perf_keys(self.page_views, self.perf_events)
 
 
 class _Span:
@@ -223,6 +238,8 @@ def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> 
                 _map_server_span(span, ident, settings, ip_hash, failures_by_span, failures, out)
             elif span.category == "Database":
                 _map_db_span(span, ident, settings, out)
+            elif span.pb.name in _BROWSER_SPAN_NAMES and bs.is_browser_span(span.pb.name, span.all_attrs()):
+                _map_browser_span(span, ident, settings, ip_hash, out)
             elif span.span_id not in failures_by_span:
                 out.ignored += 1
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
@@ -302,6 +319,26 @@ def _map_server_span(
             span.span_hex, ident.page_view_id, None,
         )  # fmt: skip
     )
+
+
+def _map_browser_span(
+    span: _Span, trace_ident: Identity, settings: SpanMappingSettings, ip_hash: IpHash, out: TraceRows
+) -> None:
+    ident = Identity(trace_ident.user_id, trace_ident.user_role, trace_ident.session_id, trace_ident.page_view_id)
+    ident.absorb(span.res.attrs)
+    if not ident.session_id:
+        out.reject(f"{span.pb.name} spans without session.id")
+        return
+    attrs = dict(span.all_attrs())
+    if span.pb.name == bs.DOCUMENT_LOAD:
+        view, perf = bs.document_load_rows(span.pb, attrs, ident, span.res, settings.slug_rules)
+        out.page_views.append(view)
+        out.perf_events.extend(perf)
+    else:
+        out.actions.append(bs.click_action_row(span.pb, attrs, ident, span.res, settings.slug_rules))
+    out.session_meta.setdefault(ident.session_id, an.SessionMeta(
+        user_agent(attrs) or user_agent(span.res.attrs), ip_hash(client_ip(attrs)), span.res.device_info
+    ))  # fmt: skip
 
 
 def _body(value: Any) -> Any:

@@ -71,11 +71,12 @@ class Pipeline:
             slow_query_ms=config.apm_slow_query_threshold_ms,
             api_error_min_status=config.apm_api_error_min_status,
             defaults=Defaults(config.crashlytics_environment, config.crashlytics_release_version),
+            slug_rules=parse_slug_rules(config.page_slug_rules),
         )
         self._log_settings = LogMappingSettings(
             api_error_min_status=config.apm_api_error_min_status,
             defaults=self._span_settings.defaults,
-            slug_rules=parse_slug_rules(config.page_slug_rules),
+            slug_rules=self._span_settings.slug_rules,
         )
 
     async def consume(self, signal: str, data: bytes) -> Outcome:
@@ -99,6 +100,8 @@ class Pipeline:
             "rows_api_errors": len(rows.api_errors),
             "rows_db_performance": len(rows.db_performance),
             "rows_errors": len(rows.errors),
+            "rows_page_views": len(rows.page_views),
+            "rows_actions": len(rows.actions),
         }
         if rejected:
             log.warning("trace export: %s", rows.rejection_message())

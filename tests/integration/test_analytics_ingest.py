@@ -159,3 +159,38 @@ def test_an_error_without_breadcrumbs_gets_its_sessions_history(bridge: Any, db_
     assert [(c["category"], c["message"]) for c in crumbs] == [
         ("navigation", "home"), ("ui.export", "export-csv"), ("navigation", "reports"),
     ]
+
+
+def test_opentelemetry_js_document_load_and_click_spans(bridge: Any, db_url: str, rows: Any) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": "cqms-web"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=bridge.endpoint, insecure=True)))
+    tracer = provider.get_tracer("@opentelemetry/instrumentation-document-load")
+    ms = 1_000_000
+    # Span shapes of opentelemetry-js instrumentation-document-load and -user-interaction, with the
+    # session id its SessionSpanProcessor stamps on every span.
+    load = tracer.start_span("documentLoad", start_time=T0, attributes={
+        "url.full": "https://app.example.com/audits/reports", "session.id": "s-js",
+        "user_agent.original": "Mozilla/5.0 Firefox/128"})  # fmt: skip
+    for event, offset in (("fetchStart", 0), ("responseStart", 95), ("domInteractive", 700),
+                          ("domContentLoadedEventEnd", 820), ("firstContentfulPaint", 640),
+                          ("loadEventEnd", 1500)):  # fmt: skip
+        load.add_event(event, timestamp=T0 + offset * ms)
+    load.end(T0 + 1500 * ms)
+    click = tracer.start_span("click", start_time=T0 + 4000 * ms, attributes={
+        "event_type": "click", "target_element": "BUTTON", "target_xpath": '//*[@id="export"]',
+        "url.full": "https://app.example.com/audits/reports", "session.id": "s-js"})  # fmt: skip
+    click.end(T0 + 4010 * ms)
+    provider.shutdown()
+
+    assert rows(db_url, "SELECT page_slug, session_id FROM user_page_views") == [("reports", "s-js")]
+    assert rows(db_url, "SELECT action_type, action_target FROM user_actions") == [("click", '//*[@id="export"]')]
+    assert rows(db_url, "SELECT page_load_time, dom_content_loaded, time_to_interactive, first_contentful_paint, "
+                        "time_to_first_byte FROM frontend_performance_metrics") == [(1500, 820, 700, 640, 95)]  # fmt: skip
+    assert rows(db_url, "SELECT pages_visited, actions_count, user_agent FROM user_sessions") == [
+        (["reports"], 1, "Mozilla/5.0 Firefox/128")
+    ]
