@@ -9,7 +9,6 @@ Exceptions travel as log records more and more (semconv 1.40 deprecated exceptio
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from otel_bridge.exporters.context import (
 )
 from otel_bridge.exporters.frontend import PERF_EVENTS, perf_rows
 from otel_bridge.exporters.http_route import endpoint_path
+from otel_bridge.exporters.rejections import Rejections
 from otel_bridge.exporters.rows import (
     ActionRow,
     ApiErrorRow,
@@ -72,8 +72,10 @@ class LogMappingSettings:
 
 
 @dataclass
-class LogRows:
+class LogRows(Rejections):
     """Everything one ExportLogsServiceRequest maps to, plus the bookkeeping for its response."""
+
+    items = "log records"
 
     errors: list[ErrorRow] = field(default_factory=list)
     api_errors: list[ApiErrorRow] = field(default_factory=list)
@@ -86,16 +88,9 @@ class LogRows:
     session_meta: dict[str, an.SessionMeta] = field(default_factory=dict)
     records: int = 0
     ignored: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
     query_patterns: dict[str, Any] = field(default_factory=dict)  # the writer's interface
 
-    @property
-    def rejected_count(self) -> int:
-        return sum(self.rejected.values())
 
-    def rejection_message(self) -> str:
-        parts = [f"{n} {reason}" for reason, n in sorted(self.rejected.items())]
-        return "rejected log records: " + "; ".join(parts) if parts else ""
 
     def event_rows(self) -> list[list[Any]]:
         return [self.api_errors, self.errors, self.crashes, self.page_views, self.actions, self.page_leaves,
@@ -155,12 +150,12 @@ def map_logs(request: Any, settings: LogMappingSettings, ip_hash: IpHash) -> Log
                 out.records += 1
                 problem = _invalid(pb)
                 if problem:
-                    out.rejected[problem] += 1
+                    out.reject(problem)
                     continue
                 try:
                     _map_record(pb, res, resource_bytes, browser, settings, ip_hash, seen_failures, out)
                 except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-                    out.rejected[f"that could not be mapped ({type(exc).__name__}: {exc})"[:200]] += 1
+                    out.reject(f"that could not be mapped ({type(exc).__name__}: {exc})"[:200])
     return out
 
 
@@ -233,10 +228,10 @@ def _map_analytics(
     ident.absorb(attrs)
     ident.absorb(res.attrs)
     if not ident.session_id:
-        out.rejected[f"{name} without session.id"] += 1
+        out.reject(f"{name} without session.id")
         return
     if name == conv.PAGE_LEAVE_EVENT and not ident.page_view_id:
-        out.rejected[f"{name} without {conv.PAGE_VIEW_ID}"] += 1
+        out.reject(f"{name} without {conv.PAGE_VIEW_ID}")
         return
     key = hashlib.blake2b(resource_bytes + pb.SerializeToString(deterministic=True), digest_size=16).digest()
     ev = an.EventContext(

@@ -11,13 +11,13 @@ instrumentation (research/semconv.md §6).
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from otel_bridge.exporters.attributes import as_int, decode_attributes
 from otel_bridge.exporters.context import Defaults, resource_context
+from otel_bridge.exporters.rejections import Rejections
 from otel_bridge.exporters.rows import ServerMetricsRow, row_id, timestamp
 
 AGGREGATION_TEMPORALITY_DELTA = 1
@@ -71,22 +71,17 @@ class _Sample:
 
 
 @dataclass
-class MetricRows:
+class MetricRows(Rejections):
+
+    items = "data points"
     samples: dict[tuple[str, int], _Sample] = field(default_factory=dict)
     counters: list[CounterPoint] = field(default_factory=list)
     points: int = 0
     ignored: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
     rows: list[ServerMetricsRow] = field(default_factory=list)  # filled by apply_rates
     query_patterns: dict[str, Any] = field(default_factory=dict)  # the writer's interface
 
-    @property
-    def rejected_count(self) -> int:
-        return sum(self.rejected.values())
 
-    def rejection_message(self) -> str:
-        parts = [f"{n} {reason}" for reason, n in sorted(self.rejected.items())]
-        return "rejected data points: " + "; ".join(parts) if parts else ""
 
     def event_rows(self) -> list[list[Any]]:
         return [self.rows]
@@ -143,7 +138,7 @@ def map_metrics(request: Any, defaults: Defaults = Defaults()) -> MetricRows:
                 totals: dict[tuple[int, str], float] = {}
                 for point in points:
                     if point.time_unix_nano == 0:
-                        out.rejected["without a timestamp"] += 1
+                        out.reject("without a timestamp")
                         continue
                     attrs = decode_attributes(point.attributes)
                     sample = _sample(out, res, instance, point.time_unix_nano)
@@ -155,7 +150,7 @@ def map_metrics(request: Any, defaults: Defaults = Defaults()) -> MetricRows:
                         else:
                             value = _point_value(point)
                         if value is None:
-                            out.rejected["of the wrong kind for their metric"] += 1
+                            out.reject("of the wrong kind for their metric")
                             continue
                         series = f"{res.service_name}\x1f{instance}\x1f{name}\x1f{_attribute_key(attrs)}"
                         columns = ("cpu_time",) if name in _CPU_TIME else (
@@ -170,7 +165,7 @@ def map_metrics(request: Any, defaults: Defaults = Defaults()) -> MetricRows:
                         continue
                     value = _point_value(point)
                     if value is None:
-                        out.rejected["without a finite number value"] += 1
+                        out.reject("without a finite number value")
                         continue
                     if name == "process.runtime.cpython.memory" and attrs.get("type") != "rss":
                         continue

@@ -9,7 +9,6 @@ system become `database_performance_metrics` (+ `query_patterns`), exception eve
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +38,7 @@ from otel_bridge.exporters.context import (
     user_agent,
 )
 from otel_bridge.exporters.http_route import endpoint_path
+from otel_bridge.exporters.rejections import Rejections
 from otel_bridge.exporters.rows import (
     ActionRow,
     ApiErrorRow,
@@ -83,8 +83,10 @@ class SpanMappingSettings:
 
 
 @dataclass
-class TraceRows:
+class TraceRows(Rejections):
     """Everything one ExportTraceServiceRequest maps to, plus the bookkeeping for its response."""
+
+    items = "spans"
 
     api_performance: list[ApiPerformanceRow] = field(default_factory=list)
     api_errors: list[ApiErrorRow] = field(default_factory=list)
@@ -98,18 +100,9 @@ class TraceRows:
     pattern_last_seen: dict[str, datetime] = field(default_factory=dict)  # folded in at the end
     spans: int = 0
     ignored: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
 
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] += 1
 
-    @property
-    def rejected_count(self) -> int:
-        return sum(self.rejected.values())
 
-    def rejection_message(self) -> str:
-        parts = [f"{n} {reason}" for reason, n in sorted(self.rejected.items())]
-        return "rejected spans: " + "; ".join(parts) if parts else ""
 
     def event_rows(self) -> list[list[Any]]:
         return [self.api_performance, self.api_errors, self.db_performance, self.errors,

@@ -91,53 +91,30 @@ class Pipeline:
         rows = map_traces(request, self._span_settings, self._ip_hash)
         if any(rows.event_rows()):
             await self._writer.write(rows)
-        rejected = rows.rejected_count
-        counts = {
-            "spans_received": rows.spans,
-            "spans_ignored": rows.ignored,
-            "spans_rejected": rejected,
-            "rows_api_performance": len(rows.api_performance),
-            "rows_api_errors": len(rows.api_errors),
-            "rows_db_performance": len(rows.db_performance),
-            "rows_errors": len(rows.errors),
-            "rows_page_views": len(rows.page_views),
-            "rows_actions": len(rows.actions),
-        }
-        if rejected:
-            log.warning("trace export: %s", rows.rejection_message())
-        return Outcome(rejected, rows.rejection_message(), counts)
+        return _outcome("spans", rows, rows.spans, rows.ignored)
 
     async def consume_metrics(self, request: Any) -> Outcome:
         rows = map_metrics(request, self._span_settings.defaults)
         if rows.samples:
             await self._writer.write_metrics(rows)
-        rejected = rows.rejected_count
-        counts = {
-            "metric_points_received": rows.points,
-            "metric_points_ignored": rows.ignored,
-            "metric_points_rejected": rejected,
-            "rows_server_metrics": len(rows.rows),
-        }
-        if rejected:
-            log.warning("metrics export: %s", rows.rejection_message())
-        return Outcome(rejected, rows.rejection_message(), counts)
+        return _outcome("metric_points", rows, rows.points, rows.ignored)
 
     async def consume_logs(self, request: Any) -> Outcome:
         rows = map_logs(request, self._log_settings, self._ip_hash)
         if any(rows.event_rows()):
             await self._writer.write(rows)
-        rejected = rows.rejected_count
-        counts = {
-            "log_records_received": rows.records,
-            "log_records_ignored": rows.ignored,
-            "log_records_rejected": rejected,
-            "rows_errors": len(rows.errors),
-            "rows_api_errors": len(rows.api_errors),
-            "rows_crashes": len(rows.crashes),
-            "rows_page_views": len(rows.page_views),
-            "rows_actions": len(rows.actions),
-            "rows_page_leaves": len(rows.page_leaves),
-        }
-        if rejected:
-            log.warning("log export: %s", rows.rejection_message())
-        return Outcome(rejected, rows.rejection_message(), counts)
+        return _outcome("log_records", rows, rows.records, rows.ignored)
+
+
+def _outcome(items: str, rows: Any, received: int, ignored: int) -> Outcome:
+    """The response's partial success, and the request's counts: items received, ignored and
+    rejected, and rows stored per table."""
+    rejected = rows.rejected_count
+    counts = {f"{items}_received": received, f"{items}_ignored": ignored, f"{items}_rejected": rejected}
+    for table_rows in rows.event_rows():
+        if table_rows:
+            key = f"rows_{table_rows[0].table}"
+            counts[key] = counts.get(key, 0) + len(table_rows)
+    if rejected:
+        log.warning("%s export: %s", items, rows.rejection_message())
+    return Outcome(rejected, rows.rejection_message(), counts)

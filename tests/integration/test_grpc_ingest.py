@@ -130,7 +130,7 @@ def test_metric_and_log_rejections_in_partial_success(bridge: Any) -> None:
     )
     assert response.partial_success.rejected_data_points == 1
     assert "without a timestamp" in response.partial_success.error_message
-    assert bridge.counts["rows_server_metrics"] == 1 and bridge.counts["metric_points_ignored"] == 1
+    assert bridge.counts["rows_server_performance_metrics"] == 1 and bridge.counts["metric_points_ignored"] == 1
 
     logs = logs_pb.ExportLogsServiceRequest()
     records = logs.resource_logs.add().scope_logs.add().log_records
