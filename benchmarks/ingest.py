@@ -1,14 +1,16 @@
 """End-to-end ingest benchmark: OTLP/gRPC -> `otel-bridge serve` -> PostgreSQL rows, against a
 raw idempotent COPY of the same rows (the writer's own SQL, without gRPC and mapping), in one run.
 
-    .venv/bin/python benchmarks/ingest.py [--seconds 10] [--streams 4] [--requests N]
+    .venv/bin/python benchmarks/ingest.py [--signal traces] [--seconds 10] [--streams 4] [--requests N]
 
-Starts a throwaway embedded PostgreSQL; pre-encodes N distinct 512-span ExportTraceServiceRequests
-(a few made with `otel_bridge.workload`, the rest clones with new trace ids and shifted times, so
-no payload is resent and dedupe never flatters the result); runs the real receiver and a load
-generator (this script with --client) as separate processes for a 1 s warm-up + --seconds; then
-truncates the event tables and times PostgresWriter.write on the same payloads, mapped
-beforehand, one transaction each, over --streams connections. Exit code 0 whether PASS or FAIL.
+Starts a throwaway embedded PostgreSQL; pre-encodes N distinct Export requests of the --signal
+(traces: 512 spans; logs: 512 browser log records with 1% exceptions; metrics: about 512 SDK data
+points), a few made with `otel_bridge.workload` or the SDK, the rest clones with new ids and
+shifted times (benchmarks/payloads.py), so no payload is resent and dedupe never flatters the
+result; runs the real receiver and a load generator (this script with --client) as separate
+processes for a 1 s warm-up + --seconds; then truncates the signal's tables and times
+PostgresWriter.write (metrics: write_metrics) on the same payloads, mapped beforehand, one
+transaction each, over --streams connections. Exit code 0 whether PASS or FAIL.
 """
 
 from __future__ import annotations
@@ -39,24 +41,16 @@ from typing import Any
 import grpc
 import psycopg
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from psycopg_pool import AsyncConnectionPool
 
 from otel_bridge.database import migrate
 from otel_bridge.exporters.postgres import PostgresWriter, prepare_connection
-from otel_bridge.exporters.spans import SpanMappingSettings, TraceRows, map_traces
-from otel_bridge.privacy import IpHasher
 
-TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-SPANS_PER_PAYLOAD = 512
-BASE_PAYLOADS = 8  # made with the OTel SDK (slow); the rest of the pool are clones of these
+sys.path.insert(0, str(Path(__file__).parent))  # when imported rather than run as a script
+from payloads import ITEMS_PER_PAYLOAD, SIGNALS, Signal, table_rows  # noqa: E402
+
 WARMUP_S = 1.0
 TARGET_RATIO = 0.5
-EXPECTED_MAX_SPANS_PER_S = 30_000  # sizes the default pool so the timed window never runs dry
-EVENT_TABLES = ("api_performance_metrics", "api_error_logs", "database_performance_metrics", "error_logs")
 T_START = time.monotonic()
 
 
@@ -64,63 +58,14 @@ def log(message: str) -> None:
     print(f"[{time.monotonic() - T_START:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-# --- payloads (built before any timing) ---------------------------------------------------------
-def base_payloads(count: int, seed: int) -> list[bytes]:
-    """`count` payloads of exactly 512 spans cut from one SDK export, in which each request's
-    spans are contiguous: at most one trace per payload boundary is split."""
-    from otel_bridge.workload import export_request, random_requests
-
-    needed = count * SPANS_PER_PAYLOAD
-    # Dense payloads as the issue describes them: HTTP SERVER spans (~15 attributes, 10% failing
-    # with exception events) and their DB CLIENT spans, no framework-internal spans.
-    requests = random_requests(needed // 2 + 50, seed=seed, error_rate=0.1)
-    export = export_request(requests, stable=True, framework_spans=False)
-    (resource_spans,) = export.resource_spans
-    (scope_spans,) = resource_spans.scope_spans
-    spans = list(scope_spans.spans)
-    assert len(spans) >= needed, (len(spans), needed)
-    out = []
-    for i in range(count):
-        req = ExportTraceServiceRequest()
-        rs = req.resource_spans.add(resource=resource_spans.resource, schema_url=resource_spans.schema_url)
-        ss = rs.scope_spans.add(scope=scope_spans.scope, schema_url=scope_spans.schema_url)
-        ss.spans.extend(spans[i * SPANS_PER_PAYLOAD : (i + 1) * SPANS_PER_PAYLOAD])
-        out.append(req.SerializeToString())
-    return out
-
-
-def clone(payload: bytes, variant: int, shift_ns: int) -> bytes:
-    """The same spans as new traces: trace ids XORed with the variant, times shifted forward."""
-    if variant == 0:
-        return payload
-    req = ExportTraceServiceRequest.FromString(payload)
-    mask, shift = variant << 96, variant * shift_ns
-    for span in req.resource_spans[0].scope_spans[0].spans:
-        span.trace_id = (int.from_bytes(span.trace_id, "big") ^ mask).to_bytes(16, "big")
-        span.start_time_unix_nano += shift
-        span.end_time_unix_nano += shift
-        for event in span.events:
-            event.time_unix_nano += shift
-    return req.SerializeToString()
-
-
-def build_pool(count: int, seed: int) -> tuple[list[bytes], list[bytes]]:
-    base = base_payloads(BASE_PAYLOADS, seed)
-    shift_ns = 120 * 10**9  # more than the ~40 s the base requests span
-    return base, [clone(base[i % len(base)], i // len(base), shift_ns) for i in range(count)]
-
-
-def map_payloads(payloads: list[bytes], ip_key: str) -> list[TraceRows]:
-    hasher, settings = IpHasher(ip_key.encode()), SpanMappingSettings()
-    return [map_traces(ExportTraceServiceRequest.FromString(p), settings, hasher) for p in payloads]
-
-
-def report_mapping(base: list[bytes], pool_size: int, ip_key: str) -> None:
-    mapped = map_payloads(base, ip_key)
-    per_table = [sum(len(m.event_rows()[i]) for m in mapped) for i in range(len(EVENT_TABLES))]
+# --- payloads (built before any timing, in benchmarks/payloads.py) ---------------------------
+def report_mapping(spec: Signal, base: list[bytes], items: int, pool_size: int, ip_key: str) -> None:
+    mapped = spec.map(base, ip_key)
+    counts = sum((table_rows(m) for m in mapped), collections.Counter())
+    per_table = [counts[table] for table in spec.tables]
     n, ignored = len(base), sum(m.ignored for m in mapped)
-    log(f"one pass of the {n} base payloads ({n * SPANS_PER_PAYLOAD} spans, {ignored} ignored) maps to:")
-    for table, rows in [*zip(EVENT_TABLES, per_table), ("total", sum(per_table))]:
+    log(f"one pass of the {n} base payloads ({n * items} {spec.item}s, {ignored} ignored) maps to:")
+    for table, rows in [*zip(spec.tables, per_table), ("total", sum(per_table))]:
         log(f"    {table:30s} {rows:6d} rows  {rows / n:6.1f}/payload  {rows * pool_size // n:8d} in the pool")
 
 
@@ -201,22 +146,24 @@ def cpu_seconds(pid: int, with_children: bool = False) -> float:
         return 0.0
 
 
-def count_rows(url: str) -> int:
+def count_rows(url: str, tables: tuple[str, ...]) -> int:
     with psycopg.connect(url) as conn:
-        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in EVENT_TABLES)  # type: ignore[index]
+        return sum(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables)  # type: ignore[index]
 
 
 # --- the load generator (--client mode, its own process) ----------------------------------------
 def run_client(args: argparse.Namespace) -> int:
     """Send the pool from --streams threads, each payload once; print one JSON line of results."""
-    payloads: list[bytes] = pickle.loads(Path(args.client).read_bytes())
+    spec = SIGNALS[args.signal]
+    pool = pickle.loads(Path(args.client).read_bytes())
+    payloads: list[bytes] = pool.payloads
     url = os.environ["BENCH_DB_URL"]
     stop, exhausted, issued = threading.Event(), threading.Event(), itertools.count()
-    results: list[tuple[float, float, int, str]] = []  # (sent, done, spans acknowledged, status)
+    results: list[tuple[float, float, int, str]] = []  # (sent, done, items acknowledged, status)
 
     def stream() -> None:
         with grpc.insecure_channel(args.endpoint) as channel:
-            export = channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
+            export = channel.unary_unary(spec.export, request_serializer=None, response_deserializer=None)
             while not stop.is_set():
                 i = next(issued)
                 if i >= len(payloads):
@@ -224,16 +171,16 @@ def run_client(args: argparse.Namespace) -> int:
                     return
                 sent = time.perf_counter()
                 try:
-                    reply = ExportTraceServiceResponse.FromString(export(payloads[i], timeout=30))
-                    spans, status = SPANS_PER_PAYLOAD - reply.partial_success.rejected_spans, "OK"
+                    reply = spec.response.FromString(export(payloads[i], timeout=30))
+                    items, status = pool.items - getattr(reply.partial_success, spec.rejected_field), "OK"
                 except grpc.RpcError as exc:
-                    spans, status = 0, exc.code().name
-                results.append((sent, time.perf_counter(), spans, status))
+                    items, status = 0, exc.code().name
+                results.append((sent, time.perf_counter(), items, status))
 
     def snapshot() -> tuple[float, int, float, float, float]:
         own = os.times()
         # The receiver's CPU includes its ingest worker processes (its children).
-        return (time.perf_counter(), count_rows(url), cpu_seconds(args.receiver_pid, with_children=True),
+        return (time.perf_counter(), count_rows(url, spec.tables), cpu_seconds(args.receiver_pid, with_children=True),
                 cpu_seconds(args.pg_pid, with_children=True), own.user + own.system)
 
     threads = [threading.Thread(target=stream, daemon=True) for _ in range(args.streams)]
@@ -252,7 +199,7 @@ def run_client(args: argparse.Namespace) -> int:
         "window_s": end[0] - start[0], "rows": end[1] - start[1], "receiver_cpu_s": end[2] - start[2],
         "pg_cpu_s": end[3] - start[3], "client_cpu_s": end[4] - start[4],
         "statuses": dict(collections.Counter(r[3] for r in window)), "payloads_ok": len(latencies),
-        "spans_ok": sum(r[2] for r in window if r[3] == "OK"), "exhausted": exhausted.is_set(),
+        "items_ok": sum(r[2] for r in window if r[3] == "OK"), "exhausted": exhausted.is_set(),
         "p50_ms": statistics.median(latencies or [math.nan]),
         "p99_ms": statistics.quantiles(latencies, n=100)[98] if len(latencies) > 1 else math.nan,
     }))  # fmt: skip
@@ -263,7 +210,7 @@ def run_load(pool_file: Path, endpoint: str, receiver_pid: int, pg_pid: int, url
              args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
     cmd = [sys.executable, __file__, "--client", str(pool_file), "--endpoint", endpoint,
            "--receiver-pid", str(receiver_pid), "--pg-pid", str(pg_pid),
-           "--seconds", str(args.seconds), "--streams", str(args.streams)]  # fmt: skip
+           "--seconds", str(args.seconds), "--streams", str(args.streams), "--signal", args.signal]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "BENCH_DB_URL": url}, stdout=subprocess.PIPE,
                             start_new_session=True)  # fmt: skip
     try:
@@ -275,44 +222,45 @@ def run_load(pool_file: Path, endpoint: str, receiver_pid: int, pg_pid: int, url
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
-# --- the baseline: PostgresWriter.write on pre-mapped rows -------------------------------
-async def _write(writer: PostgresWriter, batch: list[TraceRows], streams: int) -> None:
+# --- the baseline: PostgresWriter.write (metrics: write_metrics) on pre-mapped rows ------------
+async def _write(spec: Signal, writer: PostgresWriter, batch: list[Any], streams: int) -> None:
     todo = iter(batch)  # shared: each worker takes the next payload, one transaction each
 
     async def worker() -> None:
         for rows in todo:
-            await writer.write(rows)
+            await spec.write(writer, rows)
 
     await asyncio.gather(*(worker() for _ in range(streams)))
 
 
 async def write_rows(
-    url: str, warmup: list[TraceRows], timed: list[TraceRows], streams: int, pg_pid: int
+    spec: Signal, url: str, warmup: list[Any], timed: list[Any], items: int, streams: int, pg_pid: int
 ) -> dict[str, Any]:
     """Write `warmup`, then time `timed`; backends' CPU is read before the pool closes."""
     async with AsyncConnectionPool(url, min_size=streams, max_size=streams, configure=prepare_connection,
                                    open=False) as pool:  # fmt: skip
         await pool.wait(timeout=30)
         writer = PostgresWriter(pool)
-        await _write(writer, warmup, streams)
-        rows, pg_cpu, own = count_rows(url), cpu_seconds(pg_pid, True), os.times()
+        await _write(spec, writer, warmup, streams)
+        rows, pg_cpu, own = count_rows(url, spec.tables), cpu_seconds(pg_pid, True), os.times()
         started = time.perf_counter()
-        await _write(writer, timed, streams)
+        await _write(spec, writer, timed, streams)
         elapsed, done = time.perf_counter() - started, os.times()
-        return {"seconds": elapsed, "rows": count_rows(url) - rows, "spans": len(timed) * SPANS_PER_PAYLOAD,
+        return {"seconds": elapsed, "rows": count_rows(url, spec.tables) - rows, "items": len(timed) * items,
                 "cpu_s": done.user + done.system - own.user - own.system,
                 "pg_cpu_s": cpu_seconds(pg_pid, True) - pg_cpu}  # fmt: skip
 
 
 def run_baseline(
-    url: str, pool: list[bytes], count: int, streams: int, pg_pid: int, ip_key: str
+    spec: Signal, url: str, pool: Any, count: int, streams: int, pg_pid: int, ip_key: str
 ) -> dict[str, Any]:
-    log(f"baseline: mapping {count} + {streams} warm-up payloads with map_traces (untimed)")
-    mapped = map_payloads(pool[: count + streams], ip_key)
+    mapper, writer = spec.map.__name__, spec.write.__qualname__
+    log(f"baseline: mapping {count} + {streams} warm-up payloads (untimed, {mapper})")
+    mapped = spec.map(pool.payloads[: count + streams], ip_key)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE " + ", ".join(EVENT_TABLES))
-    log(f"baseline: writing {count} payloads with PostgresWriter.write over {streams} connections")
-    return asyncio.run(write_rows(url, mapped[count:], mapped[:count], streams, pg_pid))
+        conn.execute("TRUNCATE " + ", ".join(spec.tables + spec.derived_tables))
+    log(f"baseline: writing {count} payloads with {writer} over {streams} connections")
+    return asyncio.run(write_rows(spec, url, mapped[count:], mapped[:count], pool.items, streams, pg_pid))
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -321,26 +269,26 @@ def machine_info() -> str:
     return f"nproc={len(os.sched_getaffinity(0))} (cpu_count={os.cpu_count()}), load average {load}"
 
 
-def report(e2e: dict[str, Any], base: dict[str, Any], streams: int) -> None:
-    w, spans = e2e["window_s"], max(e2e["spans_ok"], 1)
-    e2e_rows, e2e_spans = e2e["rows"] / w, e2e["spans_ok"] / w
-    base_rows, base_spans = base["rows"] / base["seconds"], base["spans"] / base["seconds"]
+def report(spec: Signal, items: int, e2e: dict[str, Any], base: dict[str, Any], streams: int) -> None:
+    w, n, it = e2e["window_s"], max(e2e["items_ok"], 1), spec.item
+    e2e_rows, e2e_items = e2e["rows"] / w, e2e["items_ok"] / w
+    base_rows, base_items = base["rows"] / base["seconds"], base["items"] / base["seconds"]
     ratio = e2e_rows / base_rows if base_rows else float("nan")
 
-    def us(cpu_s: float, n: int) -> str:
-        return f"{cpu_s / n * 1e6:.1f} us"
+    def us(cpu_s: float, count: int) -> str:
+        return f"{cpu_s / count * 1e6:.1f} us"
 
-    print(f"\n== otel-bridge ingest: {streams} streams, {w:.1f} s window, {SPANS_PER_PAYLOAD}-span requests")
-    print(f"end-to-end : {e2e_spans:9,.0f} spans/s {e2e_rows:9,.0f} rows/s  "
+    print(f"\n== otel-bridge ingest: {streams} streams, {w:.1f} s window, {items}-{it} requests")
+    print(f"end-to-end : {e2e_items:9,.0f} {it}s/s {e2e_rows:9,.0f} rows/s  "
           f"({e2e['payloads_ok']} requests OK, statuses {e2e['statuses']})")
     print(f"latency    : p50 {e2e['p50_ms']:.1f} ms, p99 {e2e['p99_ms']:.1f} ms per request")
-    print(f"CPU/span   : receiver+workers {us(e2e['receiver_cpu_s'], spans)}, postgres {us(e2e['pg_cpu_s'], spans)}, "
-          f"client {us(e2e['client_cpu_s'], spans)} (receiver busy {e2e['receiver_cpu_s'] / w:.2f} cores)")
-    print(f"baseline   : {base_spans:9,.0f} spans/s {base_rows:9,.0f} rows/s  ({base['rows']} rows in "
-          f"{base['seconds']:.2f} s; CPU/span writer {us(base['cpu_s'], base['spans'])}, "
-          f"postgres {us(base['pg_cpu_s'], base['spans'])})")
+    print(f"{'CPU/' + it:11s}: receiver+workers {us(e2e['receiver_cpu_s'], n)}, postgres {us(e2e['pg_cpu_s'], n)}, "
+          f"client {us(e2e['client_cpu_s'], n)} (receiver busy {e2e['receiver_cpu_s'] / w:.2f} cores)")
+    print(f"baseline   : {base_items:9,.0f} {it}s/s {base_rows:9,.0f} rows/s  ({base['rows']} rows in "
+          f"{base['seconds']:.2f} s; CPU/{it} writer {us(base['cpu_s'], base['items'])}, "
+          f"postgres {us(base['pg_cpu_s'], base['items'])})")
     verdict = "PASS" if ratio >= TARGET_RATIO else "FAIL"
-    print(f"ratio      : rows/s {ratio:.3f}, spans/s {e2e_spans / base_spans:.3f} "
+    print(f"ratio      : rows/s {ratio:.3f}, {it}s/s {e2e_items / base_items:.3f} "
           f"(target >= {TARGET_RATIO}): {verdict}")
     print(f"machine    : {machine_info()}")
     if e2e["exhausted"]:
@@ -351,13 +299,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--signal", choices=tuple(SIGNALS), default="traces",
+                        help="what the payloads carry (default traces)")  # fmt: skip
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="timed window after a 1 s warm-up (default 10)")  # fmt: skip
     parser.add_argument("--streams", type=int, default=4,
                         help="concurrent senders and baseline connections (default 4)")  # fmt: skip
     parser.add_argument("--requests", type=int, metavar="N",
-                        help=f"distinct {SPANS_PER_PAYLOAD}-span payloads to pre-encode (default: enough for "
-                        f"{EXPECTED_MAX_SPANS_PER_S:,} spans/s over warm-up + window)")  # fmt: skip
+                        help=f"distinct payloads of about {ITEMS_PER_PAYLOAD} items to pre-encode (default: "
+                        "enough for the signal's expected maximum rate over warm-up + window; traces "
+                        f"{SIGNALS['traces'].expected_max_items_per_s:,} spans/s)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7, help="workload seed (default 7)")
     parser.add_argument("--workers", default="auto",
                         help="receiver ingest worker processes (OTEL_BRIDGE_INGEST_WORKERS; default auto = one per CPU)")
@@ -374,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.client:
         return run_client(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on SIGTERM too
-    expected_spans = (args.seconds + WARMUP_S) * EXPECTED_MAX_SPANS_PER_S
-    count = args.requests or math.ceil(expected_spans / SPANS_PER_PAYLOAD)
+    spec = SIGNALS[args.signal]
+    expected_items = (args.seconds + WARMUP_S) * spec.expected_max_items_per_s
+    count = args.requests or math.ceil(expected_items / ITEMS_PER_PAYLOAD)
     ip_key = secrets.token_hex(16)  # 32 characters, never printed
     root = Path(tempfile.mkdtemp(prefix="otel-bridge-bench-"))
     server: Any = None
@@ -384,11 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log("starting embedded PostgreSQL and migrating a fresh database")
         server, url = start_postgres(root)
-        log(f"pre-encoding {count} distinct {SPANS_PER_PAYLOAD}-span payloads "
-            f"({BASE_PAYLOADS} made with the SDK, the rest clones of them)")
-        base, pool = build_pool(count, args.seed)
-        log(f"pool ready: {sum(map(len, pool)) / 1e6:.0f} MB, {len(pool[0]) / SPANS_PER_PAYLOAD:.0f} bytes/span")
-        report_mapping(base, len(pool), ip_key)
+        log(f"pre-encoding {count} distinct {args.signal} payloads of about {ITEMS_PER_PAYLOAD} "
+            f"{spec.item}s ({spec.origin})")
+        pool = spec.build(count, args.seed)
+        size, per_item = sum(map(len, pool.payloads)) / 1e6, len(pool.payloads[0]) / pool.items
+        log(f"pool ready: {size:.0f} MB, {pool.items} {spec.item}s/payload, {per_item:.0f} bytes/{spec.item}")
+        report_mapping(spec, pool.base, pool.items, len(pool.payloads), ip_key)
         pool_file = root / "pool.pickle"
         pool_file.write_bytes(pickle.dumps(pool))
         receiver, endpoint, receiver_log = start_receiver(url, root, ip_key, args.streams, args.workers)
@@ -401,8 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         if lines := receiver_log.read_text(errors="replace").strip().splitlines():
             log(f"receiver logged {len(lines)} lines, the last: {lines[-1][:300]}")
         sent = max(e2e["payloads_ok"], 1)  # the baseline writes as many payloads
-        baseline = run_baseline(url, pool, sent, args.streams, int(server.get_pid()), ip_key)
-        report(e2e, baseline, args.streams)
+        baseline = run_baseline(spec, url, pool, sent, args.streams, int(server.get_pid()), ip_key)
+        report(spec, pool.items, e2e, baseline, args.streams)
         return 0
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
