@@ -15,10 +15,11 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from otel_bridge.conventions import PAGE_VIEW_ID
-from otel_bridge.exporters.logs import LogMappingSettings, map_logs
+from otel_bridge.exporters.context import MappingSettings
+from otel_bridge.exporters.logs import map_logs
 from otel_bridge.exporters.metrics import MetricRows, map_metrics
 from otel_bridge.exporters.postgres import PostgresWriter
-from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
+from otel_bridge.exporters.spans import map_traces
 from otel_bridge.privacy import IpHasher
 
 ITEMS_PER_PAYLOAD = 512  # spans or log records exactly; metric data points about
@@ -245,7 +246,7 @@ SIGNALS = {
     "traces": Signal(
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export", trace_pb.ExportTraceServiceResponse,
         "rejected_spans", "span", f"{BASE_PAYLOADS} made with the SDK, the rest clones of them", 30_000,
-        trace_pool, _mapper(trace_pb.ExportTraceServiceRequest.FromString, map_traces, SpanMappingSettings()),
+        trace_pool, _mapper(trace_pb.ExportTraceServiceRequest.FromString, map_traces, MappingSettings()),
         PostgresWriter.write,
         ("api_performance_metrics", "api_error_logs", "database_performance_metrics", "error_logs"),
     ),
@@ -253,7 +254,7 @@ SIGNALS = {
         "/opentelemetry.proto.collector.logs.v1.LogsService/Export", logs_pb.ExportLogsServiceResponse,
         "rejected_log_records", "record",
         f"{BASE_PAYLOADS} cut from workload.browser_export plus 1% exceptions, the rest clones", 20_000,
-        log_pool, _mapper(logs_pb.ExportLogsServiceRequest.FromString, map_logs, LogMappingSettings()),
+        log_pool, _mapper(logs_pb.ExportLogsServiceRequest.FromString, map_logs, MappingSettings()),
         PostgresWriter.write,
         ("user_page_views", "user_actions", "user_page_leaves", "frontend_perf_events", "error_logs",
          "crash_reports"),

@@ -40,6 +40,17 @@ class Defaults:
     release_version: str | None = None
 
 
+@dataclass(frozen=True)
+class MappingSettings:
+    """The receiver's configuration as the pure mappings of every signal see it."""
+
+    slow_api_ms: float = 500.0
+    slow_query_ms: float = 1000.0
+    api_error_min_status: int = 500
+    defaults: Defaults = Defaults()
+    slug_rules: tuple[Any, ...] = ()  # analytics.SlugRule
+
+
 @dataclass
 class ResourceContext:
     attrs: Attributes

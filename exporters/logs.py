@@ -23,9 +23,9 @@ from otel_bridge.exporters.attributes import (
     decode_value,
 )
 from otel_bridge.exporters.context import (
-    Defaults,
     Identity,
     IpHash,
+    MappingSettings,
     ResourceContext,
     client_ip,
     is_browser_scope,
@@ -62,13 +62,6 @@ _CONTEXT_SKIP = frozenset(
      conv.PAGE_VIEW_ID, conv.PAGE_SLUG, conv.BREADCRUMBS, conv.CRASH_TYPE, conv.CRASH_MEMORY,
      conv.CRASH_PERFORMANCE}
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class LogMappingSettings:
-    api_error_min_status: int = 500
-    defaults: Defaults = Defaults()
-    slug_rules: tuple[an.SlugRule, ...] = ()
 
 
 @dataclass
@@ -137,7 +130,7 @@ class _Record:
         return self.pb.span_id.hex() if self.pb.span_id.strip(b"\x00") else None
 
 
-def map_logs(request: Any, settings: LogMappingSettings, ip_hash: IpHash) -> LogRows:
+def map_logs(request: Any, settings: MappingSettings, ip_hash: IpHash) -> LogRows:
     """Map a parsed ExportLogsServiceRequest. Invalid records are counted, never raised."""
     out = LogRows()
     seen_failures: set[tuple[bytes, str]] = set()
@@ -164,7 +157,7 @@ def _map_record(
     res: ResourceContext,
     resource_bytes: bytes,
     browser: bool,
-    settings: LogMappingSettings,
+    settings: MappingSettings,
     ip_hash: IpHash,
     seen_failures: set[tuple[bytes, str]],
     out: LogRows,
@@ -220,7 +213,7 @@ def _map_analytics(
     name: str,
     res: ResourceContext,
     resource_bytes: bytes,
-    settings: LogMappingSettings,
+    settings: MappingSettings,
     ip_hash: IpHash,
     out: LogRows,
 ) -> None:
@@ -281,7 +274,7 @@ def _fingerprint(attrs: Attributes) -> str | None:
     return as_str(value)
 
 
-def _crash_row(record: _Record, settings: LogMappingSettings) -> CrashRow:
+def _crash_row(record: _Record, settings: MappingSettings) -> CrashRow:
     attrs, res = record.attrs, record.res
     exc_type, message, stack = _exception(record)
     crash_type = as_str(attrs.get(conv.CRASH_TYPE)) or ("fatal_log" if record.name != CRASH_EVENT else "uncaught_exception")
@@ -303,7 +296,7 @@ def _api_error_row(
     exc_type: str | None,
     message: str,
     stack: str | None,
-    settings: LogMappingSettings,
+    settings: MappingSettings,
     ip_hash: IpHash,
 ) -> ApiErrorRow:
     """`http.server.request.exception` carries the request's HTTP attributes (semconv 1.41)."""

@@ -27,9 +27,9 @@ from otel_bridge.exporters.attributes import (
 )
 from otel_bridge.exporters.context import (
     IDENTITY_KEYS,
-    Defaults,
     Identity,
     IpHash,
+    MappingSettings,
     ResourceContext,
     client_ip,
     has_identity,
@@ -72,15 +72,6 @@ _ROW_KEYS = _IDENTITY_AND_CRUMBS | frozenset(
 )  # fmt: skip
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-
-@dataclass(frozen=True)
-class SpanMappingSettings:
-    slow_api_ms: float = 500.0
-    slow_query_ms: float = 1000.0
-    api_error_min_status: int = 500
-    defaults: Defaults = Defaults()
-    slug_rules: tuple[an.SlugRule, ...] = ()
-
 
 @dataclass
 class TraceRows(Rejections):
@@ -178,7 +169,7 @@ def _is_asgi_internal(span: Any) -> bool:
     )
 
 
-def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> TraceRows:
+def map_traces(request: Any, settings: MappingSettings, ip_hash: IpHash) -> TraceRows:
     """Map a parsed ExportTraceServiceRequest. Invalid spans are counted, never raised."""
     out = TraceRows()
     spans: list[_Span] = []
@@ -253,7 +244,7 @@ def map_traces(request: Any, settings: SpanMappingSettings, ip_hash: IpHash) -> 
 def _map_server_span(
     span: _Span,
     ident: Identity,
-    settings: SpanMappingSettings,
+    settings: MappingSettings,
     ip_hash: IpHash,
     failures_by_span: dict[bytes, list[fl.Failure]],
     failures: list[fl.Failure],
@@ -315,7 +306,7 @@ def _map_server_span(
 
 
 def _map_browser_span(
-    span: _Span, trace_ident: Identity, settings: SpanMappingSettings, ip_hash: IpHash, out: TraceRows
+    span: _Span, trace_ident: Identity, settings: MappingSettings, ip_hash: IpHash, out: TraceRows
 ) -> None:
     ident = Identity(trace_ident.user_id, trace_ident.user_role, trace_ident.session_id, trace_ident.page_view_id)
     ident.absorb(span.res.attrs)
@@ -346,7 +337,7 @@ def _body(value: Any) -> Any:
     return scrub(value)
 
 
-def _map_db_span(span: _Span, ident: Identity, settings: SpanMappingSettings, out: TraceRows) -> None:
+def _map_db_span(span: _Span, ident: Identity, settings: MappingSettings, out: TraceRows) -> None:
     pb, attrs, res = span.pb, span.attrs, span.res
     statement = as_str(first(attrs, "db.query.text", "db.statement"))
     normalized = query_hash = parsed_type = parsed_table = None

@@ -20,10 +20,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_bridge.config import Config
 from otel_bridge.errors import PermanentError
 from otel_bridge.exporters.analytics import parse_slug_rules
-from otel_bridge.exporters.context import Defaults, IpHash
-from otel_bridge.exporters.logs import LogMappingSettings, map_logs
+from otel_bridge.exporters.context import Defaults, IpHash, MappingSettings
+from otel_bridge.exporters.logs import map_logs
 from otel_bridge.exporters.metrics import map_metrics
-from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
+from otel_bridge.exporters.spans import map_traces
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +66,12 @@ class Pipeline:
     def __init__(self, config: Config, writer: RowWriter, ip_hash: IpHash) -> None:
         self._writer = writer
         self._ip_hash = ip_hash
-        self._span_settings = SpanMappingSettings(
+        self._settings = MappingSettings(
             slow_api_ms=config.apm_slow_api_threshold_ms,
             slow_query_ms=config.apm_slow_query_threshold_ms,
             api_error_min_status=config.apm_api_error_min_status,
             defaults=Defaults(config.crashlytics_environment, config.crashlytics_release_version),
             slug_rules=parse_slug_rules(config.page_slug_rules),
-        )
-        self._log_settings = LogMappingSettings(
-            api_error_min_status=config.apm_api_error_min_status,
-            defaults=self._span_settings.defaults,
-            slug_rules=self._span_settings.slug_rules,
         )
 
     async def consume(self, signal: str, data: bytes) -> Outcome:
@@ -88,19 +83,19 @@ class Pipeline:
         return await self.consume_logs(request)
 
     async def consume_traces(self, request: Any) -> Outcome:
-        rows = map_traces(request, self._span_settings, self._ip_hash)
+        rows = map_traces(request, self._settings, self._ip_hash)
         if any(rows.event_rows()):
             await self._writer.write(rows)
         return _outcome("spans", rows, rows.spans, rows.ignored)
 
     async def consume_metrics(self, request: Any) -> Outcome:
-        rows = map_metrics(request, self._span_settings.defaults)
+        rows = map_metrics(request, self._settings.defaults)
         if rows.samples:
             await self._writer.write_metrics(rows)
         return _outcome("metric_points", rows, rows.points, rows.ignored)
 
     async def consume_logs(self, request: Any) -> Outcome:
-        rows = map_logs(request, self._log_settings, self._ip_hash)
+        rows = map_logs(request, self._settings, self._ip_hash)
         if any(rows.event_rows()):
             await self._writer.write(rows)
         return _outcome("log_records", rows, rows.records, rows.ignored)

@@ -13,7 +13,8 @@ import sys
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
+from otel_bridge.exporters.context import MappingSettings
+from otel_bridge.exporters.spans import map_traces
 
 APP = r'''
 import asyncio, sys
@@ -71,7 +72,7 @@ def asgi_export(semconv_opt_in: str | None) -> ExportTraceServiceRequest:
 
 @pytest.mark.parametrize("opt_in", [None, "http,database"], ids=["default-old-names", "stable-names"])
 def test_real_asgi_spans_map_to_api_and_error_rows(opt_in: str | None) -> None:
-    rows = map_traces(asgi_export(opt_in), SpanMappingSettings(), lambda ip: f"h({ip})" if ip else None)
+    rows = map_traces(asgi_export(opt_in), MappingSettings(), lambda ip: f"h({ip})" if ip else None)
     ok, failed = sorted(rows.api_performance, key=lambda r: r.status_code or 999)
     # Plain ASGI has no http.route: the raw path is templated, never stored as is.
     assert ok.endpoint_path == "/api/audits/:id/scores/:id"

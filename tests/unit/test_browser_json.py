@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from otel_bridge.errors import PermanentError
-from otel_bridge.exporters.logs import LogMappingSettings, map_logs
-from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
+from otel_bridge.exporters.context import MappingSettings
+from otel_bridge.exporters.logs import map_logs
+from otel_bridge.exporters.spans import map_traces
 from otel_bridge.receiver.otlp_json import parse_json
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "browser"
@@ -20,7 +21,7 @@ def ip_hash(ip: str | None) -> str | None:
 
 def test_otel_browser_events() -> None:
     request = parse_json("logs", (DATA / "otel-browser-logs.json").read_bytes())
-    rows = map_logs(request, LogMappingSettings(), ip_hash)
+    rows = map_logs(request, MappingSettings(), ip_hash)
     assert rows.rejected_count == 0 and rows.ignored == 0
     (view,) = rows.page_views
     assert (view.page_slug, view.page_path, view.user_id, view.user_role) == ("reports", "/audits/reports", "auditor-17", "Auditor")
@@ -35,7 +36,7 @@ def test_otel_browser_events() -> None:
 
 def test_opentelemetry_js_spans() -> None:
     request = parse_json("traces", (DATA / "opentelemetry-js-traces.json").read_bytes())
-    rows = map_traces(request, SpanMappingSettings(), ip_hash)
+    rows = map_traces(request, MappingSettings(), ip_hash)
     (view,) = rows.page_views
     assert (view.page_slug, view.session_id) == ("dashboard", "js-session-1")
     metrics = {e.metric: e.value for e in rows.perf_events}

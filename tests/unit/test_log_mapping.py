@@ -14,10 +14,10 @@ from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogR
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from otel_bridge.exporters.logs import LogMappingSettings, event_name, map_logs
+from otel_bridge.exporters.logs import MappingSettings, event_name, map_logs
 from otel_bridge.workload import make_failure
 
-SETTINGS = LogMappingSettings()
+SETTINGS = MappingSettings()
 RESOURCE = Resource.create({"service.name": "cqms-api", "service.version": "2.4.1",
                             "deployment.environment.name": "staging", "os.type": "linux"})  # fmt: skip
 

@@ -11,9 +11,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_bridge.exporters.logs import LogMappingSettings, map_logs
+from otel_bridge.exporters.context import MappingSettings
+from otel_bridge.exporters.logs import map_logs
 from otel_bridge.exporters.metrics import apply_rates, map_metrics
-from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
+from otel_bridge.exporters.spans import map_traces
 from otel_bridge.workload import any_value
 
 KEYS = st.sampled_from([
@@ -59,7 +60,7 @@ def test_any_log_request_maps_without_raising(records: list[Any], resource: dict
         record.trace_id, record.span_id = trace_id, span_id
         record.body.CopyFrom(any_value(body))
         fill(record.attributes, attrs)
-    rows = map_logs(request, LogMappingSettings(), lambda ip: ip and "h")
+    rows = map_logs(request, MappingSettings(), lambda ip: ip and "h")
     assert rows.records == len(records)
     assert rows.rejected_count + rows.ignored <= len(records)
 
@@ -77,7 +78,7 @@ def test_any_trace_request_maps_without_raising(spans: list[Any], resource: dict
         span.trace_id, span.span_id = trace_id, span_id
         fill(span.attributes, attrs)
         fill(span.events.add(name=event_name or "exception", time_unix_nano=end).attributes, event_attrs)
-    rows = map_traces(request, SpanMappingSettings(), lambda ip: ip and "h")
+    rows = map_traces(request, MappingSettings(), lambda ip: ip and "h")
     assert rows.spans == len(spans)
 
 

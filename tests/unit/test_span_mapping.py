@@ -9,10 +9,11 @@ from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_bridge.exporters.spans import SpanMappingSettings, map_traces
+from otel_bridge.exporters.context import MappingSettings
+from otel_bridge.exporters.spans import map_traces
 from otel_bridge.workload import ENDPOINTS, Request, export_request, make_failure, provider
 
-SETTINGS = SpanMappingSettings(slow_api_ms=500, slow_query_ms=100, api_error_min_status=500)
+SETTINGS = MappingSettings(slow_api_ms=500, slow_query_ms=100, api_error_min_status=500)
 
 
 def ip_hash(ip: str | None) -> str | None:
