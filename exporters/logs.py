@@ -81,7 +81,7 @@ class LogRows(Rejections):
     session_meta: dict[str, an.SessionMeta] = field(default_factory=dict)
     records: int = 0
     ignored: int = 0
-    query_patterns: dict[str, Any] = field(default_factory=dict)  # the writer's interface
+    query_patterns: dict[str, Any] = field(default_factory=dict)  # none from logs
 
 
 

@@ -128,8 +128,8 @@ class PostgresWriter:
             raise RetryableError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
 
     async def write(self, rows: Any) -> None:
-        """Store one request's rows (TraceRows, LogRows: `event_rows()` and `query_patterns`)
-        in one transaction."""
+        """Store one request's TraceRows or LogRows in one transaction: the rows, then what is
+        derived from them (query patterns, sessions, page performance)."""
         async with self._transaction() as conn:
             for table_rows in rows.event_rows():
                 if table_rows and table_rows[0].__class__ in derived.BREADCRUMB_ROW_TYPES:
@@ -138,10 +138,9 @@ class PostgresWriter:
                     await self._copy(conn, _COPIES[type(table_rows[0])], table_rows)
             if rows.query_patterns:
                 await self._register_patterns(conn, list(rows.query_patterns.values()))
-            session_meta = getattr(rows, "session_meta", None)
-            if session_meta:
-                await derived.refresh_sessions(conn, session_meta)
-            perf_keys = rows.perf_keys() if hasattr(rows, "perf_keys") else []
+            if rows.session_meta:
+                await derived.refresh_sessions(conn, rows.session_meta)
+            perf_keys = rows.perf_keys()
             if perf_keys:
                 await derived.refresh_frontend(conn, perf_keys)
 

@@ -1,8 +1,9 @@
 """OTLP/gRPC receiver: TraceService, MetricsService and LogsService Export, plus grpc.health.v1.
 
-The Export methods are registered with raw-bytes deserializers and parse in the handler: a
-servicer registered with the generated stubs never sees an undecodable body (grpc.aio answers
-UNKNOWN/INTERNAL before the handler runs), and bad data must get INVALID_ARGUMENT (DESIGN §2).
+The Export methods are registered with raw-bytes deserializers and the bytes are parsed by the
+consumer (in an ingest worker): a servicer registered with the generated stubs never sees an
+undecodable body (grpc.aio answers UNKNOWN/INTERNAL before the handler runs), and bad data must
+get INVALID_ARGUMENT (DESIGN §2).
 Oversized requests are refused by grpc itself with RESOURCE_EXHAUSTED before any handler runs.
 """
 
