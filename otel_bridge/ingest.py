@@ -111,8 +111,9 @@ class ProcessIngest:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, _worker_consume, signal, data)
         except BrokenProcessPool:
-            # A worker died (killed, out of memory): nothing of this request was committed by
-            # it, so the sender may retry; replace the pool for the requests after this one.
+            # A worker died (killed, out of memory). The sender retries; had the worker committed
+            # just before dying, the retry is deduplicated by the rows' deterministic ids.
+            # Replace the pool for the requests after this one.
             if self._executor is executor:
                 log.error("an ingest worker process died; restarting the worker pool")
                 self._executor = self._new_executor()
