@@ -90,7 +90,10 @@ def as_str(value: Any) -> str | None:
 
 
 def as_int(value: Any) -> int | None:
-    """Ints, floats and numeric strings (browsers send numbers as strings) -> int."""
+    """Ints, floats and numeric strings (browsers send numbers as strings; captured headers are
+    lists of strings) -> int."""
+    if isinstance(value, list):
+        value = value[0] if value else None
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):

@@ -68,7 +68,8 @@ _ROW_KEYS = _IDENTITY_AND_CRUMBS | frozenset(
      "client.address", "http.client_ip", "net.peer.ip", "user_agent.original", "http.user_agent",
      "db.system.name", "db.system", "db.query.text", "db.statement", "db.operation.name",
      "db.operation", "db.collection.name", "db.sql.table", "db.response.returned_rows",
-     "db.namespace", "db.name"}
+     "db.namespace", "db.name", "http.request.header.content-length", "http.request.header.content_length",
+     "http.response.header.content-length", "http.response.header.content_length"}
 )  # fmt: skip
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -265,6 +266,10 @@ def _map_server_span(
         status = as_int(status)
     if status is not None and not 100 <= status <= 599:
         status = None
+    if status is None and span.span_id in failures_by_span:
+        # An unhandled exception: the server's error handler (outside the instrumentation, e.g.
+        # Starlette's) answers 500 after the span has ended.
+        status = 500
     duration_ms = (pb.end_time_unix_nano - pb.start_time_unix_nano) / 1e6
     ip = ip_hash(client_ip(attrs))
     agent = user_agent(attrs)
@@ -274,8 +279,7 @@ def _map_server_span(
         ApiPerformanceRow(
             row_id(pb.start_time_unix_nano, *key, b"api"), endpoint, method, start, duration_ms,
             status,
-            as_int(get("http.request.body.size") or get("http.request_content_length")),
-            as_int(get("http.response.body.size") or get("http.response_content_length")),
+            _size(get, "request"), _size(get, "response"),
             ident.user_id, ident.user_role, ident.session_id, ip, agent,
             duration_ms >= settings.slow_api_ms, res.service_name, res.service_version,
             res.environment, span.trace_hex, span.span_hex, ident.page_view_id,
@@ -323,6 +327,15 @@ def _map_browser_span(
     out.session_meta.setdefault(ident.session_id, an.SessionMeta(
         user_agent(attrs) or user_agent(span.res.attrs), ip_hash(client_ip(attrs)), span.res.device_info
     ))  # fmt: skip
+
+
+def _size(get: Any, direction: str) -> int | None:
+    """Body size: semconv's `http.*.body.size`, the old `http.*_content_length`, else the
+    captured `content-length` header (dashes in semconv, underscores from Python)."""
+    return as_int(
+        get(f"http.{direction}.body.size") or get(f"http.{direction}_content_length")
+        or get(f"http.{direction}.header.content-length") or get(f"http.{direction}.header.content_length")
+    )  # fmt: skip
 
 
 def _body(value: Any) -> Any:
