@@ -83,3 +83,36 @@ def test_instrumented_app_rows(served: tuple[str, TracerProvider], db_url: str, 
     ((error_type, crumbs),) = rows(db_url, "SELECT error_type, breadcrumbs FROM error_logs")
     assert error_type == "API"
     assert [c["message"] for c in crumbs] == ["GET /api/boom/3", "about to fail"]
+
+
+def test_fastapi_gets_one_server_span_with_its_route() -> None:
+    from fastapi import FastAPI
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = FastAPI()
+
+    @app.get("/api/users/{user_id}")
+    async def user(user_id: int) -> dict[str, int]:
+        return {"id": user_id}
+
+    assert instrument_app(app, tracer_provider=provider) is app  # inside FastAPI's own stack
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/users/42", headers={"x-user-id": "u-1"}).status_code == 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not exporter.get_finished_spans():
+            time.sleep(0.05)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    (span,) = exporter.get_finished_spans()  # one request, one span: nothing counted twice
+    assert span.name == "GET /api/users/{user_id}"
+    assert (span.attributes["http.route"], span.attributes["user.id"]) == ("/api/users/{user_id}", "u-1")
