@@ -3,6 +3,7 @@ by httpx, exporting to the real receiver: the rows are checked."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +34,22 @@ async def boom(request: Any) -> JSONResponse:
     raise ValueError(f"scorecard {request.path_params['n']} is broken")
 
 
+@contextlib.contextmanager
+def uvicorn_serving(app: Any) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free 127.0.0.1 port; yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture
 def served(bridge: Any) -> Iterator[tuple[str, TracerProvider]]:
     provider = TracerProvider(resource=Resource.create({"service.name": "cqms-api"}))
@@ -47,15 +64,8 @@ def served(bridge: Any) -> Iterator[tuple[str, TracerProvider]]:
     app = Starlette(routes=[Route("/api/audits/{audit_id}", audit), Route("/api/boom/{n}", boom),
                             Route("/api/audits/{audit_id}/hook-fails", audit)])  # fmt: skip
     instrument_app(app, identity=broken_identity, tracer_provider=provider)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}", provider
-    server.should_exit = True
-    thread.join(timeout=10)
+    with uvicorn_serving(app) as base:
+        yield base, provider
     provider.shutdown()
 
 
@@ -99,20 +109,11 @@ def test_fastapi_gets_one_server_span_with_its_route() -> None:
         return {"id": user_id}
 
     assert instrument_app(app, tracer_provider=provider) is app  # inside FastAPI's own stack
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        assert httpx.get(f"http://127.0.0.1:{port}/api/users/42", headers={"x-user-id": "u-1"}).status_code == 200
+    with uvicorn_serving(app) as base:
+        assert httpx.get(f"{base}/api/users/42", headers={"x-user-id": "u-1"}).status_code == 200
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not exporter.get_finished_spans():
             time.sleep(0.05)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
     (span,) = exporter.get_finished_spans()  # one request, one span: nothing counted twice
     assert span.name == "GET /api/users/{user_id}"
     assert (span.attributes["http.route"], span.attributes["user.id"]) == ("/api/users/{user_id}", "u-1")
