@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[server,instrumentation,dev]"
+	$(BIN)/pip check
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install otel-bridge with all extras

@@ -103,8 +103,8 @@ class Failure:
     occurrence_key: str = ""  # same failure, same key: also across Export requests
 
     def absorb(self, other: Failure) -> None:
-        """Merge a repeat of this failure seen on another span."""
-        self.spans.append(other.span)
+        """Merge a repeat of this failure seen on other spans."""
+        self.spans.extend(other.spans)
         if CATEGORY_PRIORITY[other.category] > CATEGORY_PRIORITY[self.category]:
             self.span, self.event_index, self.category = other.span, other.event_index, other.category
             self.time_unix_nano = other.time_unix_nano
@@ -116,6 +116,7 @@ class Failure:
 
 def collect_failures(spans: Iterable[SpanLike]) -> list[Failure]:
     """Every distinct failure in the request, in the order first seen."""
+    spans = list(spans)
     by_key: dict[tuple[bytes, str], Failure] = {}
     for span in spans:
         for index, event in enumerate(span.events):
@@ -143,7 +144,35 @@ def collect_failures(spans: Iterable[SpanLike]) -> list[Failure]:
                 by_key[key].absorb(failure)
             else:
                 by_key[key] = failure
-    return list(by_key.values())
+    return _merge_propagated(list(by_key.values()), {(span.trace_id, span.span_id): span for span in spans})
+
+
+def _merge_propagated(failures: list[Failure], spans_by_id: dict[tuple[bytes, bytes], SpanLike]) -> list[Failure]:
+    """Some libraries re-raise with a fresh traceback (psycopg's `raise ex.with_traceback(None)`),
+    so the copy recorded by an ancestor span has another innermost frame: the same type and
+    message recorded on a span and on one of its ancestors is still one failure."""
+    kept: list[Failure] = []
+    alike: dict[tuple[bytes, str | None, str], list[Failure]] = {}
+    for failure in failures:
+        same = alike.setdefault((failure.span.trace_id, failure.exc_type, failure.message), [])
+        for earlier in same:
+            if _is_ancestor(earlier.span, failure.span, spans_by_id) or _is_ancestor(failure.span, earlier.span, spans_by_id):
+                earlier.absorb(failure)
+                break
+        else:
+            same.append(failure)
+            kept.append(failure)
+    return kept
+
+
+def _is_ancestor(ancestor: SpanLike, span: SpanLike | None, spans_by_id: dict[tuple[bytes, bytes], SpanLike]) -> bool:
+    seen: set[bytes] = set()
+    while span is not None and span.span_id not in seen:
+        if span.span_id == ancestor.span_id:
+            return True
+        seen.add(span.span_id)
+        span = spans_by_id.get((span.trace_id, span.parent_span_id))
+    return False
 
 
 def breadcrumb_from_event(event: Any) -> dict[str, Any]:

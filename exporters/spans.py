@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from otel_bridge import conventions as conv
 from otel_bridge.exporters import analytics as an
 from otel_bridge.exporters import browser_spans as bs
 from otel_bridge.exporters import failures as fl
@@ -68,7 +69,7 @@ _ROW_KEYS = _IDENTITY_AND_CRUMBS | frozenset(
      "client.address", "http.client_ip", "net.peer.ip", "user_agent.original", "http.user_agent",
      "db.system.name", "db.system", "db.query.text", "db.statement", "db.operation.name",
      "db.operation", "db.collection.name", "db.sql.table", "db.response.returned_rows",
-     "db.namespace", "db.name", "http.request.header.content-length", "http.request.header.content_length",
+     "db.namespace", "db.name", conv.DB_CONNECTION_POOL_SIZE, "http.request.header.content-length", "http.request.header.content_length",
      "http.response.header.content-length", "http.response.header.content_length"}
 )  # fmt: skip
 _ZERO_TRACE = bytes(16)
@@ -376,7 +377,8 @@ def _map_db_span(span: _Span, ident: Identity, settings: MappingSettings, out: T
         DbPerformanceRow(
             row_id(pb.start_time_unix_nano, pb.trace_id, pb.span_id, b"db"), query_type, table,
             duration_ms, as_int(first(attrs, "db.response.returned_rows")), query_hash,
-            duration_ms >= settings.slow_query_ms, None, start, span.db_system,
+            duration_ms >= settings.slow_query_ms, as_int(attrs.get(conv.DB_CONNECTION_POOL_SIZE)), start,
+            span.db_system,
             as_str(first(attrs, "db.namespace", "db.name")), ident.user_id, ident.user_role,
             res.service_name, res.service_version, res.environment, span.trace_hex,
             span.span_hex, ident.page_view_id,

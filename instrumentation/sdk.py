@@ -2,7 +2,8 @@
 
 Tracer, meter and logger providers exporting over OTLP (endpoint, headers, protocol details from
 the standard `OTEL_*` variables, which the exporters read themselves), a resource with
-`service.version` and `deployment.environment.name`, crash hooks, runtime metrics, and a flush
+`service.version` and `deployment.environment.name`, crash hooks, runtime metrics, psycopg
+(when installed), and a flush
 on SIGTERM: uvicorn re-raises SIGTERM after its own shutdown, so `atexit` never runs and queued
 telemetry would be lost (DESIGN §10). The seed's switches are honoured: `APM_ENABLED` (traces and
 metrics), `CRASHLYTICS_ENABLED` (crash hooks), `ANALYTICS_BATCH_SIZE` /
@@ -31,9 +32,26 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_bridge.instrumentation.crash import CrashReporter
+from otel_bridge.instrumentation.psycopg import instrument_psycopg
 from otel_bridge.instrumentation.runtime_metrics import EventLoopLagMonitor, install_runtime_metrics
 
 log = logging.getLogger(__name__)
+
+
+# What makes the instrumentations emit what otel-bridge maps best; a user's own setting wins.
+ENV_DEFAULTS = {
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    # Stable HTTP and DB names (`db.query.text`, `http.request.method`, ...). Read once, by the
+    # first instrumentation that starts, so set before any of them.
+    "OTEL_SEMCONV_STABILITY_OPT_IN": "http,database",
+    # ASGI's per-send/receive child spans carry nothing the tables need.
+    "OTEL_PYTHON_ASGI_EXCLUDED_SPANS": "send,receive",
+}
+
+
+def apply_env_defaults() -> None:
+    for name, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def _switch(name: str) -> bool:
@@ -90,6 +108,7 @@ def configure(
 ) -> Telemetry:
     """Set up the global providers; a second call returns the first call's Telemetry."""
     global _configured
+    apply_env_defaults()
     with _lock:
         if _configured is None:
             _configured = _build(service_name, service_version, environment, endpoint, resource_attributes or {},
@@ -132,6 +151,7 @@ def _build(
         meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
         metrics.set_meter_provider(meter_provider)
         instrumentor = install_runtime_metrics(meter_provider, lag_monitor)
+        instrument_psycopg(tracer_provider, meter_provider)
     from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 
     logger_provider = LoggerProvider(resource=resource)

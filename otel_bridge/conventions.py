@@ -21,6 +21,8 @@ CRASH_MEMORY = "otel_bridge.crash.memory"
 CRASH_PERFORMANCE = "otel_bridge.crash.performance"
 BREADCRUMBS = "otel_bridge.breadcrumbs"
 FINGERPRINT = "otel_bridge.fingerprint"
+# Connections in the pool a DB span's connection came from (semconv has only the pool metric).
+DB_CONNECTION_POOL_SIZE = "otel_bridge.db.connection_pool.size"
 
 # Events.
 PAGE_LEAVE_EVENT = "otel_bridge.page_leave"

@@ -178,3 +178,42 @@ def test_nul_characters_are_removed_and_odd_types_reject_only_their_span() -> No
     # The odd one is stored with what can be read; never an exception for the whole request.
     second = rows.api_performance[1]
     assert second.endpoint_path == "/b" and second.status_code is None
+
+
+class UndefinedTable(Exception):
+    pass
+
+
+def _query(sql: str) -> None:
+    raise UndefinedTable(f'relation "{sql}" does not exist')
+
+
+def test_failure_reraised_with_a_fresh_traceback_is_still_one_error() -> None:
+    """psycopg re-raises with `with_traceback(None)`: the SERVER span's copy has another innermost
+    frame than the DB span's, but it is the same failure. A sibling span's own failure with the
+    same message is not."""
+
+    def build(tracer: trace.Tracer) -> None:
+        with tracer.start_as_current_span("GET /api/broken", kind=trace.SpanKind.SERVER) as server:
+            server.set_attributes({"http.request.method": "GET", "http.route": "/api/broken",
+                                   "http.response.status_code": 500})  # fmt: skip
+            try:
+                try:
+                    with tracer.start_as_current_span("SELECT", kind=trace.SpanKind.CLIENT) as db:
+                        db.set_attributes({"db.system.name": "postgresql", "db.query.text": "SELECT * FROM missing"})
+                        _query("missing")
+                except UndefinedTable as exc:
+                    raise exc.with_traceback(None)
+            except UndefinedTable as exc:
+                server.record_exception(exc)
+            with tracer.start_as_current_span("retry", kind=trace.SpanKind.INTERNAL):
+                pass
+            with tracer.start_as_current_span("other job", kind=trace.SpanKind.INTERNAL) as other:
+                try:
+                    _query("missing")
+                except UndefinedTable as exc:
+                    other.record_exception(UndefinedTable(str(exc)))  # no traceback: another place
+
+    rows = map_traces(_raw_spans(build), SETTINGS, ip_hash)
+    assert sorted(e.error_type for e in rows.errors) == ["Application", "Database"]
+    assert len(rows.api_errors) == 1
