@@ -12,7 +12,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[server,instrumentation,dev]"
+	$(BIN)/pip install --quiet -e ".[server,instrumentation,demo,dev]"
 	$(BIN)/pip check
 	touch $(STAMP)
 

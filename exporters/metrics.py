@@ -115,8 +115,12 @@ def _point_value(point: Any) -> float | None:
 
 
 def _is_error(attrs: dict[str, Any]) -> bool:
+    """A failed request: `error.type`, a 5xx status, or no status at all. Semconv sets the status
+    if and only if a response was sent; without one the app raised before responding (the ASGI
+    instrumentation records Starlette's unhandled exceptions that way; the server's error
+    middleware answers 500 outside it), as the span mapping infers a 500 for them too."""
     status = as_int(attrs.get("http.response.status_code") or attrs.get("http.status_code"))
-    return bool(attrs.get("error.type")) or (status is not None and status >= 500)
+    return bool(attrs.get("error.type")) or status is None or status >= 500
 
 
 def map_metrics(request: Any, defaults: Defaults = Defaults()) -> MetricRows:
@@ -223,6 +227,9 @@ def apply_rates(out: MetricRows, previous: dict[str, PreviousPoint]) -> dict[str
         # process.cpu.utilization, when sent, is already normalized; the CPU time rate is the fallback.
         if "cpu_time_rate" in sample.values:
             sample.values.setdefault("cpu_usage", sample.values.pop("cpu_time_rate"))
+        # Each collection reports every series; requests without an error series had no errors.
+        if "request_rate" in sample.values:
+            sample.values.setdefault("error_rate", 0.0)
     out.rows = [_row(sample) for sample in out.samples.values() if sample.values]
     return remember
 

@@ -14,6 +14,7 @@ middleware turns into a 500 after the span ended (DESIGN §10).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,17 @@ def default_identity(scope: Mapping[str, Any]) -> UserIdentity | None:
     return UserIdentity(user_id, roles, session_id)
 
 
+_CONVERTOR = re.compile(r"\{(\w+):\w+\}")
+
+
 def route_template(scope: Mapping[str, Any]) -> str | None:
-    """The matched route's path template of a Starlette/FastAPI app (one Mount level deep)."""
+    """The matched route's path template of a Starlette/FastAPI app (one Mount level deep),
+    without Starlette's convertors (`{audit_id:int}` is `{audit_id}`, as in OpenAPI)."""
+    template = _matched_path(scope)
+    return _CONVERTOR.sub(r"{\1}", template) if template else None
+
+
+def _matched_path(scope: Mapping[str, Any]) -> str | None:
     app = scope.get("app")
     routes = getattr(getattr(app, "router", app), "routes", None)
     if not routes:

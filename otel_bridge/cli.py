@@ -77,7 +77,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     config = _config(args)
     _setup_logging("WARNING" if not args.verbose else config.log_level)
-    return run_demo(config, requests=args.requests)
+    return run_demo(config, users=args.users, concurrency=args.concurrency)
 
 
 def _add_database_flags(parser: argparse.ArgumentParser) -> None:
@@ -116,12 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     demo = commands.add_parser(
-        "demo", help="send a realistic workload and show what was stored",
-        description="Start the embedded database and the receiver, send a realistic workload with the "
-        "OpenTelemetry Python SDK, then print row counts per table and latency per endpoint.",
+        "demo", help="run an instrumented example app with a crowd of users and show what was stored",
+        description="Start the embedded database and the receiver, run the example CQMS app (Starlette + "
+        "psycopg, instrumented with otel_bridge.instrumentation) in its own process, let a scripted crowd "
+        "of users of every role use it, run a job that crashes, then report what every table got.",
         epilog=ENV_HELP,
     )
-    demo.add_argument("--requests", type=int, default=400, help="HTTP requests to simulate (default 400)")
+    demo.add_argument("--users", type=int, default=24, help="user sessions the crowd plays (default 24, three per role)")
+    demo.add_argument("--concurrency", type=int, default=6, help="sessions at the same time (default 6)")
     demo.add_argument("--verbose", action="store_true", help="show the receiver's logs")
     _add_database_flags(demo)
     demo.set_defaults(run=_demo)

@@ -61,7 +61,7 @@ def served(bridge: Any) -> Iterator[tuple[str, TracerProvider]]:
         headers = dict(scope["headers"])
         return UserIdentity(headers.get(b"x-user-id", b"").decode() or None, ["Auditor"], "sess-42")
 
-    app = Starlette(routes=[Route("/api/audits/{audit_id}", audit), Route("/api/boom/{n}", boom),
+    app = Starlette(routes=[Route("/api/audits/{audit_id}", audit), Route("/api/boom/{n:int}", boom),
                             Route("/api/audits/{audit_id}/hook-fails", audit)])  # fmt: skip
     instrument_app(app, identity=broken_identity, tracer_provider=provider)
     with uvicorn_serving(app) as base:

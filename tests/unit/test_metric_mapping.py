@@ -34,11 +34,13 @@ class App:
         else:
             self.duration = meter.create_histogram("http.server.duration", unit="ms")
 
-    def requests(self, ok: int, failed: int) -> None:
+    def requests(self, ok: int, failed: int, unanswered: int = 0) -> None:
         status_key = "http.response.status_code" if self.stable else "http.status_code"
         for status, n in ((200, ok), (500, failed)):
             for _ in range(n):
                 self.duration.record(0.05, {status_key: status, "http.route": "/api/audits"})
+        for _ in range(unanswered):  # raised before responding: the instrumentation records no status
+            self.duration.record(0.05, {"http.route": "/api/audits"})
 
     def collect(self) -> Any:
         return encode_metrics(self.reader.get_metrics_data())
@@ -53,11 +55,11 @@ class App:
 def test_server_health_row_per_collection_with_rates(temporality: AggregationTemporality, stable: bool) -> None:
     app = App(temporality, stable)
     try:
-        app.requests(ok=8, failed=2)
+        app.requests(ok=8, failed=1, unanswered=1)
         first = map_metrics(app.collect())
         remembered = apply_rates(first, {})
         time.sleep(0.5)
-        app.requests(ok=24, failed=6)
+        app.requests(ok=24, failed=4, unanswered=2)
         second_started = time.time_ns()
         second = map_metrics(app.collect())
         apply_rates(second, remembered)
@@ -95,6 +97,7 @@ def test_restarted_series_counts_from_its_new_start() -> None:
     finally:
         app.close()
     assert second.rows[0].request_rate is not None and float(second.rows[0].request_rate) > 0
+    assert second.rows[0].error_rate == 0  # no error series: none failed (not unknown)
 
 
 def test_unknown_metrics_are_ignored() -> None:
