@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import baggage
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.trace import Span
 
@@ -42,8 +43,27 @@ class UserIdentity:
 IdentityHook = Callable[[Mapping[str, Any]], UserIdentity | None]
 
 
+_HEADERS_KEY = "otel_bridge.headers"
+_CAPTURED = {name: "http.request.header." + name.replace("-", "_") for name in CAPTURED_REQUEST_HEADERS}
+_SECRET = frozenset(SECRET_HEADERS)
+
+
 def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
-    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+    """The request's headers, decoded once per request (identity, capture and baggage share them)."""
+    headers = scope.get(_HEADERS_KEY)
+    if headers is None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        if isinstance(scope, dict):
+            scope[_HEADERS_KEY] = headers
+    return headers
+
+
+def _page_view_id(headers: Mapping[str, str]) -> str | None:
+    # Upstream attached the request's extracted context, baggage included (default propagators).
+    value = baggage.get_baggage(conv.PAGE_VIEW_BAGGAGE_KEY)
+    if value is None and conv.PAGE_VIEW_BAGGAGE_KEY in headers.get("baggage", ""):
+        value = baggage.get_baggage(conv.PAGE_VIEW_BAGGAGE_KEY, W3CBaggagePropagator().extract(headers))
+    return None if value is None else str(value)
 
 
 def default_identity(scope: Mapping[str, Any]) -> UserIdentity | None:
@@ -124,12 +144,15 @@ def _server_request_hook(identity: IdentityHook) -> Callable[[Span, Mapping[str,
                 if who.session_id:
                     span.set_attribute("session.id", who.session_id)
             headers = _headers(scope)
-            page_view = W3CBaggagePropagator().extract(headers)
-            from opentelemetry import baggage
-
-            page_view_id = baggage.get_baggage(conv.PAGE_VIEW_BAGGAGE_KEY, page_view)
+            page_view_id = _page_view_id(headers)
             if page_view_id:
-                span.set_attribute(conv.PAGE_VIEW_ID, str(page_view_id))
+                span.set_attribute(conv.PAGE_VIEW_ID, page_view_id)
+            # Captured here from the decoded headers: upstream's capture recompiles its header
+            # regex on every request.
+            for name, attribute in _CAPTURED.items():
+                value = headers.get(name)
+                if value is not None:
+                    span.set_attribute(attribute, ["[REDACTED]" if name in _SECRET else value])
             if headers.get("content-length", "").isdigit():
                 span.set_attribute("http.request.body.size", int(headers["content-length"]))
             breadcrumb(f"{scope.get('method', '')} {scope.get('path', '')}", category="http")
@@ -173,7 +196,6 @@ def instrument_app(
         "tracer_provider": tracer_provider,
         "meter_provider": meter_provider,
         "exclude_spans": ["receive", "send"],
-        "http_capture_headers_server_request": CAPTURED_REQUEST_HEADERS,
         "http_capture_headers_sanitize_fields": SECRET_HEADERS,
     }
     if hasattr(app, "add_middleware") and hasattr(app, "user_middleware"):

@@ -90,6 +90,7 @@ def test_instrumented_app_rows(served: tuple[str, TracerProvider], db_url: str, 
     ]
     ((message, headers),) = rows(db_url, "SELECT error_message, request_headers FROM api_error_logs")
     assert message == "scorecard 3 is broken"
+    assert set(headers) == {"user-agent"} and headers["user-agent"].startswith("python-httpx/")  # captured, nothing else
     ((error_type, crumbs),) = rows(db_url, "SELECT error_type, breadcrumbs FROM error_logs")
     assert error_type == "API"
     assert [c["message"] for c in crumbs] == ["GET /api/boom/3", "about to fail"]
