@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install otel-bridge with all extras
 
-demo: $(STAMP)  ## embedded database + receiver + a realistic workload, then what was stored
+demo: $(STAMP)  ## embedded database + receiver + an instrumented example app used by a crowd, then a report
 	$(BIN)/otel-bridge demo
 
 lint: $(STAMP)  ## pyflakes, import order, no imports of the folder names

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,18 +163,35 @@ def _server_request_hook(identity: IdentityHook) -> Callable[[Span, Mapping[str,
     return hook
 
 
-class BreadcrumbTrailMiddleware:
-    """A fresh breadcrumb trail for every request (crumbs of one request never leak into the
-    crash report of another)."""
+_in_flight = 0
+_in_flight_lock = threading.Lock()
+
+
+def active_requests() -> int:
+    """Requests being served by instrumented apps in this process (crash reports carry it)."""
+    return _in_flight
+
+
+class RequestContextMiddleware:
+    """Per request: a fresh breadcrumb trail (crumbs of one request never leak into the crash
+    report of another) and the in-flight count."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        global _in_flight
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
         token = new_trail()
+        with _in_flight_lock:
+            _in_flight += 1
         try:
             await self.app(scope, receive, send)
         finally:
+            with _in_flight_lock:
+                _in_flight -= 1
             reset_trail(token)
 
 
@@ -200,6 +218,6 @@ def instrument_app(
     }
     if hasattr(app, "add_middleware") and hasattr(app, "user_middleware"):
         app.add_middleware(OpenTelemetryMiddleware, **options)
-        app.add_middleware(BreadcrumbTrailMiddleware)  # outermost of the two
+        app.add_middleware(RequestContextMiddleware)  # outermost of the two
         return app
-    return BreadcrumbTrailMiddleware(OpenTelemetryMiddleware(app, **options))
+    return RequestContextMiddleware(OpenTelemetryMiddleware(app, **options))

@@ -31,6 +31,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from otel_bridge.instrumentation.asgi import active_requests
 from otel_bridge.instrumentation.crash import CrashReporter
 from otel_bridge.instrumentation.psycopg import instrument_psycopg
 from otel_bridge.instrumentation.runtime_metrics import EventLoopLagMonitor, install_runtime_metrics
@@ -163,7 +164,7 @@ def _build(
     set_logger_provider(logger_provider)
     crash_reporter = None
     if _switch("CRASHLYTICS_ENABLED"):
-        crash_reporter = CrashReporter(logger_provider)
+        crash_reporter = CrashReporter(logger_provider, active_requests=active_requests)
         crash_reporter.install()
     telemetry = Telemetry(resource, tracer_provider, meter_provider, logger_provider, crash_reporter,
                           lag_monitor, instrumentor)  # fmt: skip

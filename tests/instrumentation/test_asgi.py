@@ -118,3 +118,16 @@ def test_fastapi_gets_one_server_span_with_its_route() -> None:
     (span,) = exporter.get_finished_spans()  # one request, one span: nothing counted twice
     assert span.name == "GET /api/users/{user_id}"
     assert (span.attributes["http.route"], span.attributes["user.id"]) == ("/api/users/{user_id}", "u-1")
+
+
+def test_in_flight_requests_are_counted_for_crash_reports() -> None:
+    from otel_bridge.instrumentation.asgi import active_requests
+
+    async def inside(request: Any) -> JSONResponse:
+        return JSONResponse({"active": active_requests()})
+
+    app = Starlette(routes=[Route("/api/inside", inside)])
+    instrument_app(app, tracer_provider=TracerProvider())
+    with uvicorn_serving(app) as base:
+        assert httpx.get(f"{base}/api/inside").json() == {"active": 1}
+    assert active_requests() == 0
