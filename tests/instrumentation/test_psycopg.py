@@ -108,3 +108,38 @@ def test_psycopg_queries_become_complete_db_rows(bridge: Any, db_url: str, rows:
         ("query", "SELECT * FROM missing_scorecards", "error"),
     ]
     assert crumbs[1]["data"]["rows"] == 1 and crumbs[2]["data"]["error"] == "UndefinedTable"
+
+
+def test_annotation_and_breadcrumb_hooks_never_raise_into_the_query() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from otel_bridge.instrumentation.breadcrumbs import current_breadcrumbs
+    from otel_bridge.instrumentation.psycopg import _annotate_db_span, _query_breadcrumb
+
+    class BrokenCursor:
+        @property
+        def rowcount(self) -> int:
+            raise RuntimeError("cursor closed")
+
+        connection = None
+
+    class BrokenQuery:
+        def as_string(self, _: Any) -> str:
+            raise RuntimeError("cannot render")
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("SELECT", kind=trace.SpanKind.CLIENT):
+        _annotate_db_span(BrokenCursor())
+    with tracer.start_as_current_span("GET /x", kind=trace.SpanKind.SERVER):
+        _annotate_db_span(BrokenCursor())  # not a DB span: left alone
+        before = len(current_breadcrumbs())
+        _query_breadcrumb(BrokenCursor(), BrokenQuery(), 0.0, None)
+        assert len(current_breadcrumbs()) == before  # dropped, not raised
+    spans = exporter.get_finished_spans()
+    assert [dict(s.attributes or {}) for s in spans] == [{}, {}]
