@@ -93,7 +93,7 @@ def start_receiver(
     url: str, root: Path, ip_key: str, streams: int, workers: str
 ) -> tuple[subprocess.Popen[bytes], str, Path]:
     endpoint = f"127.0.0.1:{free_port()}"
-    env = {**os.environ, "OTEL_BRIDGE_DATABASE_URL": url, "OTEL_BRIDGE_GRPC_LISTEN": endpoint,
+    env = {**os.environ, "OTEL_BRIDGE_DATABASE_URL": url, "OTEL_BRIDGE_GRPC_LISTEN": endpoint, "OTEL_BRIDGE_HTTP_LISTEN": "127.0.0.1:0",
            "OTEL_BRIDGE_DATA_DIR": str(root / "data"), "OTEL_BRIDGE_IP_HASH_KEY": ip_key,
            "OTEL_BRIDGE_LOG_LEVEL": "WARNING",
            # as many concurrent exports and connections as the baseline gets (both default to 4)

@@ -30,6 +30,7 @@ def _config(args: argparse.Namespace) -> Config:
         name: value
         for name, value in (
             ("grpc_listen", getattr(args, "grpc_listen", None)),
+            ("http_listen", getattr(args, "http_listen", None)),
             ("database_url", getattr(args, "database_url", None)),
             ("data_dir", getattr(args, "data_dir", None)),
         )
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENV_HELP,
     )
     serve.add_argument("--grpc-listen", help="HOST:PORT for OTLP/gRPC (OTEL_BRIDGE_GRPC_LISTEN, default 127.0.0.1:4317)")
+    serve.add_argument("--http-listen", help="HOST:PORT for OTLP/HTTP and /otel-bridge.js (OTEL_BRIDGE_HTTP_LISTEN, default 127.0.0.1:4318)")
     _add_database_flags(serve)
     serve.set_defaults(run=_serve)
 

@@ -23,7 +23,9 @@ from otel_bridge.database import (
 )
 from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_ingest
 from otel_bridge.pipeline import Outcome
+from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.grpc import GrpcReceiver, GrpcReceiverSettings
+from otel_bridge.receiver.http import HttpReceiver, HttpReceiverSettings, parse_origins
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class BridgeService:
         self.database_url = ""
         self.totals = Totals()
         self.receiver: GrpcReceiver | None = None
+        self.http_receiver: HttpReceiver | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._ingest: InProcessIngest | ProcessIngest | None = None
         self._summary_task: asyncio.Task[None] | None = None
@@ -48,17 +51,18 @@ class BridgeService:
         await asyncio.to_thread(ensure_partitions, self.database_url)
         self._ingest = create_ingest(config, self.database_url)
         await self._ingest.start()
+        # One bound on in-flight Exports, whichever protocol they come in on.
+        admitted = ExportAdmission(self._consume, config.max_concurrent_exports, config.queue_timeout_s)
         self.receiver = GrpcReceiver(
-            GrpcReceiverSettings(
-                listen=config.grpc_listen,
-                max_request_bytes=config.max_request_bytes,
-                max_concurrent_exports=config.max_concurrent_exports,
-                queue_timeout_s=config.queue_timeout_s,
-                retry_after_s=config.retry_after_s,
-            ),
-            self._consume,
+            GrpcReceiverSettings(config.grpc_listen, config.max_request_bytes, config.retry_after_s), admitted
         )
         await self.receiver.start()
+        self.http_receiver = HttpReceiver(
+            HttpReceiverSettings(config.http_listen, config.max_request_bytes, config.retry_after_s,
+                                 parse_origins(config.cors_origins)),
+            admitted,
+        )  # fmt: skip
+        await self.http_receiver.start()
         self._summary_task = asyncio.create_task(self._log_summaries())
 
     async def _consume(self, signal: str, data: bytes) -> Outcome:
@@ -70,6 +74,8 @@ class BridgeService:
     async def stop(self) -> None:
         if self._summary_task is not None:
             self._summary_task.cancel()
+        if self.http_receiver is not None:
+            await self.http_receiver.stop()
         if self.receiver is not None:
             await self.receiver.stop()
         if self._ingest is not None:
@@ -117,9 +123,10 @@ class ThreadedService:
         except BaseException:
             self.stop()
             raise
-        assert self.service.receiver is not None
+        assert self.service.receiver is not None and self.service.http_receiver is not None
         self.port = self.service.receiver.port
         self.endpoint = f"127.0.0.1:{self.port}"
+        self.http_endpoint = f"127.0.0.1:{self.service.http_receiver.port}"
 
     def _call(self, coro: Any, timeout: float = 120) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=timeout)

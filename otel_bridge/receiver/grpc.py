@@ -9,7 +9,6 @@ Oversized requests are refused by grpc itself with RESOURCE_EXHAUSTED before any
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,8 +21,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-from otel_bridge.errors import RetryableError
-from otel_bridge.pipeline import Consume, Outcome
+from otel_bridge.pipeline import Consume
 from otel_bridge.receiver.status import status_for
 
 log = logging.getLogger(__name__)
@@ -33,8 +31,6 @@ log = logging.getLogger(__name__)
 class GrpcReceiverSettings:
     listen: str = "127.0.0.1:4317"
     max_request_bytes: int = 16 * 1024 * 1024
-    max_concurrent_exports: int = 4
-    queue_timeout_s: float = 2.0
     retry_after_s: float = 2.0
 
 
@@ -62,11 +58,9 @@ SIGNALS = {
 
 class GrpcReceiver:
     def __init__(self, settings: GrpcReceiverSettings, consume: Consume) -> None:
+        """`consume` is the service's admission-bounded pipeline (`ExportAdmission`)."""
         self.settings = settings
         self._consume = consume
-        # Bounded in-flight work: more concurrent writes than database connections only adds
-        # latency (research/ceilings.md); waiters that cannot start in time get UNAVAILABLE.
-        self._slots = asyncio.Semaphore(settings.max_concurrent_exports)
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self.port: int = 0
@@ -111,7 +105,7 @@ class GrpcReceiver:
     def _handler(self, signal: _Signal) -> Callable[..., Awaitable[Any]]:
         async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
             try:
-                outcome = await self._run(signal.name, data)
+                outcome = await self._consume(signal.name, data)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an OTLP status
                 code, message, trailers = status_for(exc, self.settings.retry_after_s)
                 if code == grpc.StatusCode.UNAVAILABLE:
@@ -127,13 +121,3 @@ class GrpcReceiver:
             return response
 
         return export
-
-    async def _run(self, signal: str, data: bytes) -> Outcome:
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.settings.queue_timeout_s)
-        except asyncio.TimeoutError:
-            raise RetryableError("receiver overloaded: too many exports in flight") from None
-        try:
-            return await self._consume(signal, data)
-        finally:
-            self._slots.release()

@@ -1,0 +1,264 @@
+"""OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, and the browser tracker at
+`GET /otel-bridge.js`.
+
+A plain ASGI app served by uvicorn on the service's event loop, with the OTLP/HTTP rules
+(https://opentelemetry.io/docs/specs/otlp/#otlphttp): `application/x-protobuf` or
+`application/json` (OTLP JSON: hex ids, unknown fields ignored), optional gzip; the answer is in
+the request's encoding, errors as `google.rpc.Status`. The body limit counts decompressed bytes
+and is enforced while reading, so neither a large body nor a gzip bomb is ever held whole.
+Browsers post cross-origin, so CORS (with preflight) is answered for `OTEL_BRIDGE_CORS_ORIGINS`.
+The same admission bound and pipeline serve gRPC and HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import zlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from google.protobuf import json_format
+from google.rpc import code_pb2, status_pb2
+
+from otel_bridge.errors import PermanentError, RetryableError
+from otel_bridge.pipeline import Consume, Outcome
+from otel_bridge.receiver.grpc import SIGNALS
+from otel_bridge.receiver.otlp_json import parse_json
+
+log = logging.getLogger(__name__)
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+PATHS = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
+TRACKER_PATH = "/otel-bridge.js"
+_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class HttpReceiverSettings:
+    listen: str = "127.0.0.1:4318"
+    max_request_bytes: int = 16 * 1024 * 1024
+    retry_after_s: float = 2.0
+    cors_origins: tuple[str, ...] = ()  # "*" allows any origin
+
+
+def parse_origins(text: str | None) -> tuple[str, ...]:
+    return tuple(o.strip().rstrip("/") for o in (text or "").split(",") if o.strip())
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, code: int, message: str, headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, list(headers)
+
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class OtlpHttpApp:
+    """The ASGI application; `consume` is the service's admission-bounded pipeline."""
+
+    def __init__(self, settings: HttpReceiverSettings, consume: Consume) -> None:
+        self.settings = settings
+        self._consume = consume
+        self._tracker: bytes | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+        cors = self._cors_headers(headers.get("origin"))
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == TRACKER_PATH and method in ("GET", "HEAD"):
+                await self._tracker_script(send, cors, head=method == "HEAD")
+            elif path not in PATHS:
+                raise HttpError(404, code_pb2.NOT_FOUND, f"no such path: {path[:100]}")
+            elif method == "OPTIONS":
+                await self._preflight(send, headers, cors)
+            elif method != "POST":
+                raise HttpError(405, code_pb2.UNIMPLEMENTED, f"{method} is not allowed; use POST",
+                                [("allow", "POST, OPTIONS")])  # fmt: skip
+            else:
+                await self._export(PATHS[path], headers, receive, send, cors)
+        except HttpError as exc:
+            await _respond_status(send, exc, _answer_type(headers), cors)
+
+    # --- Export ----------------------------------------------------------------------------
+    async def _export(self, signal: str, headers: dict[str, str], receive: Receive, send: Send,
+                      cors: list[tuple[str, str]]) -> None:  # fmt: skip
+        content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type not in (PROTOBUF, JSON):
+            raise HttpError(415, code_pb2.INVALID_ARGUMENT,
+                            f"unsupported content-type {content_type or '(none)'!r}; use {PROTOBUF} or {JSON}")  # fmt: skip
+        body = await self._read_body(headers, receive)
+        try:
+            data = body if content_type == PROTOBUF else parse_json(signal, body).SerializeToString()
+            outcome = await self._consume(signal, data)
+        except PermanentError as exc:
+            log.error("%s export refused: %s", signal, exc)
+            raise HttpError(400, code_pb2.INVALID_ARGUMENT, str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - every other failure is retryable (DESIGN §2)
+            retry_after = self.settings.retry_after_s
+            if isinstance(exc, RetryableError) and exc.retry_after_s is not None:
+                retry_after = exc.retry_after_s
+            message = str(exc) if isinstance(exc, RetryableError) else f"internal error: {type(exc).__name__}"
+            log.warning("%s export not stored, sender will retry: %s", signal, message)
+            raise HttpError(503, code_pb2.UNAVAILABLE, message,
+                            [("retry-after", str(max(1, math.ceil(retry_after))))]) from None  # fmt: skip
+        await _respond(send, 200, _encode(_response(signal, outcome), content_type), content_type, cors)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        """The (decompressed) body, refused with 413 as soon as it grows past the limit."""
+        limit = self.settings.max_request_bytes
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("identity", "gzip"):
+            raise HttpError(415, code_pb2.INVALID_ARGUMENT, f"unsupported content-encoding {encoding!r}; use gzip")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        inflater = zlib.decompressobj(wbits=31) if encoding == "gzip" else None
+        parts: list[bytes] = []
+        size = received = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, code_pb2.CANCELLED, "client disconnected")
+            chunk, more = message.get("body", b""), message.get("more_body", False)
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            if inflater is None:
+                parts.append(chunk)
+                size += len(chunk)
+                continue
+            try:
+                while chunk:
+                    # max_length bounds what one call may inflate: a bomb stops at the limit.
+                    out = inflater.decompress(chunk, limit - size + 1)
+                    size += len(out)
+                    if size > limit:
+                        raise _too_large(limit)
+                    parts.append(out)
+                    chunk = inflater.unconsumed_tail
+            except zlib.error as exc:
+                raise HttpError(400, code_pb2.INVALID_ARGUMENT, f"bad gzip body: {exc}") from None
+        if inflater is not None and not inflater.eof:
+            raise HttpError(400, code_pb2.INVALID_ARGUMENT, "bad gzip body: truncated")
+        return b"".join(parts)
+
+    # --- CORS and the tracker ---------------------------------------------------------------
+    def _cors_headers(self, origin: str | None) -> list[tuple[str, str]]:
+        allowed = self.settings.cors_origins
+        if not origin or not allowed or ("*" not in allowed and origin.rstrip("/") not in allowed):
+            return []
+        return [("access-control-allow-origin", origin), ("vary", "Origin"),
+                ("access-control-expose-headers", "Retry-After")]  # fmt: skip
+
+    async def _preflight(self, send: Send, headers: dict[str, str], cors: list[tuple[str, str]]) -> None:
+        if not cors:
+            raise HttpError(403, code_pb2.PERMISSION_DENIED,
+                            f"origin {headers.get('origin', '(none)')!r} is not in OTEL_BRIDGE_CORS_ORIGINS")  # fmt: skip
+        requested = headers.get("access-control-request-headers") or "content-type, content-encoding"
+        await _respond(send, 204, b"", None, cors + [
+            ("access-control-allow-methods", "POST, OPTIONS"), ("access-control-allow-headers", requested),
+            ("access-control-max-age", "7200")])  # fmt: skip
+
+    async def _tracker_script(self, send: Send, cors: list[tuple[str, str]], head: bool) -> None:
+        if self._tracker is None:
+            tracker = resources.files("otel_bridge.instrumentation").joinpath("browser/otel-bridge.js")
+            try:
+                self._tracker = await asyncio.to_thread(tracker.read_bytes)
+            except OSError:
+                raise HttpError(404, code_pb2.NOT_FOUND, "the browser tracker is not installed") from None
+        body = self._tracker
+        await _respond(send, 200, b"" if head else body, "application/javascript; charset=utf-8",
+                       [("cache-control", "public, max-age=300"), ("access-control-allow-origin", "*")],
+                       content_length=len(body))  # fmt: skip
+
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, code_pb2.RESOURCE_EXHAUSTED, f"request body exceeds {limit} bytes (after decompression)")
+
+
+def _answer_type(headers: dict[str, str]) -> str:
+    content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    return PROTOBUF if content_type == PROTOBUF else JSON
+
+
+def _response(signal: str, outcome: Outcome) -> Any:
+    spec = SIGNALS[signal]
+    response = spec.response_type()
+    if outcome.rejected or outcome.message:
+        partial = spec.partial_type(error_message=outcome.message)
+        setattr(partial, spec.rejected_field, outcome.rejected)
+        response.partial_success.CopyFrom(partial)
+    return response
+
+
+def _encode(message: Any, content_type: str) -> bytes:
+    if content_type == PROTOBUF:
+        return message.SerializeToString()
+    return json.dumps(json_format.MessageToDict(message)).encode()
+
+
+async def _respond_status(send: Send, error: HttpError, content_type: str, cors: list[tuple[str, str]]) -> None:
+    status = status_pb2.Status(code=error.code, message=error.message)
+    await _respond(send, error.status, _encode(status, content_type), content_type, cors + error.headers)
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str | None,
+                   headers: Iterable[tuple[str, str]] = (), content_length: int | None = None) -> None:  # fmt: skip
+    raw = [(b"content-length", str(len(body) if content_length is None else content_length).encode())]
+    if content_type:
+        raw.append((b"content-type", content_type.encode()))
+    raw += [(k.encode(), v.encode()) for k, v in headers]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HttpReceiver:
+    """Serves `OtlpHttpApp` with uvicorn on the running loop (no signal handlers of its own: the
+    service owns shutdown)."""
+
+    def __init__(self, settings: HttpReceiverSettings, consume: Consume) -> None:
+        self.settings = settings
+        self.app = OtlpHttpApp(settings, consume)
+        self.port = 0
+        self._server: Any = None
+        self._main_loop: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import uvicorn
+
+        host, _, port = self.settings.listen.rpartition(":")
+        config = uvicorn.Config(self.app, host=host.strip("[]"), port=int(port), lifespan="off", access_log=False,
+                                log_level="warning", server_header=False, timeout_graceful_shutdown=5)  # fmt: skip
+        config.load()
+        server = uvicorn.Server(config)
+        server.lifespan = config.lifespan_class(config)
+        try:
+            await server.startup()
+        except SystemExit:  # uvicorn exits when it cannot bind
+            raise OSError(f"cannot listen on {self.settings.listen}") from None
+        self._server = server
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self._main_loop = asyncio.create_task(server.main_loop(), name="otlp-http")
+        log.info("OTLP/HTTP receiver listening on %s:%d", host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting; in-flight Exports finish (they answer only after commit)."""
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        if self._main_loop is not None:
+            await self._main_loop
+        await self._server.shutdown()
+        self._server = None
