@@ -99,7 +99,8 @@ class OtlpHttpApp:
                             f"unsupported content-type {content_type or '(none)'!r}; use {PROTOBUF} or {JSON}")  # fmt: skip
         body = await self._read_body(headers, receive)
         try:
-            data = body if content_type == PROTOBUF else parse_json(signal, body).SerializeToString()
+            # JSON is turned into the protobuf the ingest workers take, off the event loop.
+            data = body if content_type == PROTOBUF else await asyncio.to_thread(_json_to_protobuf, signal, body)
             outcome = await self._consume(signal, data)
         except PermanentError as exc:
             log.error("%s export refused: %s", signal, exc)
@@ -182,6 +183,10 @@ class OtlpHttpApp:
         await _respond(send, 200, b"" if head else body, "application/javascript; charset=utf-8",
                        [("cache-control", "public, max-age=300"), ("access-control-allow-origin", "*")],
                        content_length=len(body))  # fmt: skip
+
+
+def _json_to_protobuf(signal: str, body: bytes) -> bytes:
+    return bytes(parse_json(signal, body).SerializeToString())
 
 
 def _too_large(limit: int) -> HttpError:
