@@ -58,7 +58,7 @@ SPAN_KIND_SERVER = 2
 SPAN_KIND_CLIENT = 3
 STATUS_CODE_ERROR = 2
 
-_BROWSER_SPAN_NAMES = frozenset({bs.DOCUMENT_LOAD, "click"})
+_BROWSER_SPAN_NAMES = bs.SPAN_NAMES
 _ASGI_INTERNAL_SUFFIXES = (" http send", " http receive", " websocket send", " websocket receive")
 _IDENTITY_AND_CRUMBS = frozenset((*IDENTITY_KEYS, "otel_bridge.breadcrumbs"))
 # Every attribute the SERVER and CLIENT rows read; the rest is decoded only for error rows.
@@ -216,6 +216,8 @@ def map_traces(request: Any, settings: MappingSettings, ip_hash: IpHash) -> Trac
             failures_by_span.setdefault(seen_on.span_id, []).append(failure)
 
     servers = {s.trace_id: s for s in spans if s.category == "API"} if failures else {}
+    # The page a documentFetch/resourceFetch belongs to is its trace's documentLoad.
+    page_loads = {s.trace_id: s for s in spans if s.pb.name == bs.DOCUMENT_LOAD}
     no_identity = Identity()
     for span in spans:
         ident = identities.get(span.trace_id, no_identity)
@@ -225,7 +227,7 @@ def map_traces(request: Any, settings: MappingSettings, ip_hash: IpHash) -> Trac
             elif span.category == "Database":
                 _map_db_span(span, ident, settings, out)
             elif span.pb.name in _BROWSER_SPAN_NAMES and bs.is_browser_span(span.pb.name, span.all_attrs()):
-                _map_browser_span(span, ident, settings, ip_hash, out)
+                _map_browser_span(span, ident, settings, ip_hash, out, page_loads)
             elif span.span_id not in failures_by_span:
                 out.ignored += 1
         except (TypeError, ValueError, AttributeError, OverflowError) as exc:
@@ -311,7 +313,8 @@ def _map_server_span(
 
 
 def _map_browser_span(
-    span: _Span, trace_ident: Identity, settings: MappingSettings, ip_hash: IpHash, out: TraceRows
+    span: _Span, trace_ident: Identity, settings: MappingSettings, ip_hash: IpHash, out: TraceRows,
+    page_loads: dict[bytes, _Span],
 ) -> None:
     ident = Identity(trace_ident.user_id, trace_ident.user_role, trace_ident.session_id, trace_ident.page_view_id)
     ident.absorb(span.res.attrs)
@@ -323,8 +326,13 @@ def _map_browser_span(
         view, perf = bs.document_load_rows(span.pb, attrs, ident, span.res, settings.slug_rules)
         out.page_views.append(view)
         out.perf_events.extend(perf)
-    else:
+    elif span.pb.name == "click":
         out.actions.append(bs.click_action_row(span.pb, attrs, ident, span.res, settings.slug_rules))
+    else:
+        load = page_loads.get(span.trace_id)
+        page = dict(load.all_attrs()) if load is not None else {}
+        out.perf_events.extend(bs.fetch_rows(span.pb, attrs, ident, span.res, page, settings.slug_rules))
+        return  # not a user-facing event of the session
     out.session_meta.setdefault(ident.session_id, an.SessionMeta(
         user_agent(attrs) or user_agent(span.res.attrs), ip_hash(client_ip(attrs)), span.res.device_info
     ))  # fmt: skip

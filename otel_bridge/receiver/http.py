@@ -160,8 +160,9 @@ class OtlpHttpApp:
         allowed = self.settings.cors_origins
         if not origin or not allowed or ("*" not in allowed and origin.rstrip("/") not in allowed):
             return []
+        # Credentials: sendBeacon always sends them, and the browser then needs this to post.
         return [("access-control-allow-origin", origin), ("vary", "Origin"),
-                ("access-control-expose-headers", "Retry-After")]  # fmt: skip
+                ("access-control-allow-credentials", "true"), ("access-control-expose-headers", "Retry-After")]  # fmt: skip
 
     async def _preflight(self, send: Send, headers: dict[str, str], cors: list[tuple[str, str]]) -> None:
         if not cors:

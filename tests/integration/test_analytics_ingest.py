@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -176,10 +177,21 @@ def test_opentelemetry_js_document_load_and_click_spans(bridge: Any, db_url: str
     load = tracer.start_span("documentLoad", start_time=T0, attributes={
         "url.full": "https://app.example.com/audits/reports", "session.id": "s-js",
         "user_agent.original": "Mozilla/5.0 Firefox/128"})  # fmt: skip
-    for event, offset in (("fetchStart", 0), ("responseStart", 95), ("domInteractive", 700),
-                          ("domContentLoadedEventEnd", 820), ("firstContentfulPaint", 640),
-                          ("loadEventEnd", 1500)):  # fmt: skip
+    for event, offset in (("fetchStart", 0), ("domInteractive", 700), ("domContentLoadedEventEnd", 820),
+                          ("firstContentfulPaint", 640), ("loadEventEnd", 1500)):  # fmt: skip
         load.add_event(event, timestamp=T0 + offset * ms)
+    # The document's own network timings are on a documentFetch child; each resource is a
+    # resourceFetch child (secureConnectionStart 0 in the browser comes before fetchStart).
+    context = trace.set_span_in_context(load)
+    fetches = (("documentFetch", "https://app.example.com/audits/reports", 0, 95, 130),
+               ("resourceFetch", "https://app.example.com/assets/app.js", 200, 260, 310))  # fmt: skip
+    for name, url, start, response_start, end in fetches:
+        fetch = tracer.start_span(name, context=context, start_time=T0 + start * ms, attributes={
+            "url.full": url, "session.id": "s-js", "http.response_content_length": 4096})  # fmt: skip
+        for event, offset in (("fetchStart", start), ("secureConnectionStart", -1), ("requestStart", start + 20),
+                              ("responseStart", response_start), ("responseEnd", end)):  # fmt: skip
+            fetch.add_event(event, timestamp=T0 + offset * ms)
+        fetch.end(T0 + end * ms)
     load.end(T0 + 1500 * ms)
     click = tracer.start_span("click", start_time=T0 + 4000 * ms, attributes={
         "event_type": "click", "target_element": "BUTTON", "target_xpath": '//*[@id="export"]',
@@ -191,6 +203,10 @@ def test_opentelemetry_js_document_load_and_click_spans(bridge: Any, db_url: str
     assert rows(db_url, "SELECT action_type, action_target FROM user_actions") == [("click", '//*[@id="export"]')]
     assert rows(db_url, "SELECT page_load_time, dom_content_loaded, time_to_interactive, first_contentful_paint, "
                         "time_to_first_byte FROM frontend_performance_metrics") == [(1500, 820, 700, 640, 95)]  # fmt: skip
+    ((resources,),) = rows(db_url, "SELECT resource_load_times FROM frontend_performance_metrics")
+    assert resources == [{"url": "https://app.example.com/assets/app.js", "type": None, "transfer_size": None,
+                          "encoded_size": 4096, "decoded_size": None, "duration_ms": 110.0, "dns_ms": None,
+                          "tcp_ms": None, "tls_ms": None, "ttfb_ms": 40.0, "download_ms": 50.0}]  # fmt: skip
     assert rows(db_url, "SELECT pages_visited, actions_count, user_agent FROM user_sessions") == [
         (["reports"], 1, "Mozilla/5.0 Firefox/128")
     ]

@@ -112,6 +112,7 @@ def test_cors_preflight_and_response_headers(http_bridge: Any) -> None:
     posted = httpx.post(url(http_bridge, "/v1/logs"), json={}, headers={"origin": "http://127.0.0.1:8000"})
     assert posted.headers["access-control-allow-origin"] == "http://127.0.0.1:8000"
     assert "retry-after" in posted.headers["access-control-expose-headers"].lower()
+    assert posted.headers["access-control-allow-credentials"] == "true"  # sendBeacon sends credentials
 
 
 def test_tracker_script_is_served(http_bridge: Any) -> None:
