@@ -196,7 +196,7 @@ def _map_record(
             error_id, error_id, category, message or exc_type or "exception", cap(stack),
             as_str(attrs.get("db.response.status_code")) if category == "Database" else None,
             exc_type, timestamp(record.time_unix_nano), record.ident.user_id,
-            record.ident.user_role, record.ident.session_id, as_str(attrs.get(conv.PAGE_SLUG)),
+            record.ident.user_role, record.ident.session_id, _page_slug(record, settings),
             as_str(attrs.get("url.full")), user_agent(attrs) or user_agent(res.attrs),
             res.device_info, fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), _context(record),
             res.service_name, res.service_version, res.environment, record.trace_hex,
@@ -274,6 +274,16 @@ def _fingerprint(attrs: Attributes) -> str | None:
     return as_str(value)
 
 
+def _page_slug(record: _Record, settings: MappingSettings) -> str | None:
+    """The page an error happened on: its explicit slug, else, for browser errors, the slug of
+    its page URL by the same rules as page views (a server's url.full is a request, not a page)."""
+    explicit = as_str(record.attrs.get(conv.PAGE_SLUG))
+    if explicit or not record.browser or not record.attrs.get("url.full"):
+        return explicit
+    path, _ = an.page_location(record.attrs)
+    return an.page_slug(path, None, settings.slug_rules)
+
+
 def _crash_row(record: _Record, settings: MappingSettings) -> CrashRow:
     attrs, res = record.attrs, record.res
     exc_type, message, stack = _exception(record)
@@ -282,7 +292,7 @@ def _crash_row(record: _Record, settings: MappingSettings) -> CrashRow:
     return CrashRow(
         crash_id, crash_id, crash_type, message or exc_type or "crash", cap(stack) or "", exc_type,
         timestamp(record.time_unix_nano), record.ident.user_id, record.ident.user_role,
-        record.ident.session_id, as_str(attrs.get(conv.PAGE_SLUG)), as_str(attrs.get("url.full")),
+        record.ident.session_id, _page_slug(record, settings), as_str(attrs.get("url.full")),
         user_agent(attrs) or user_agent(res.attrs), res.device_info,
         scrub(attrs.get(conv.CRASH_MEMORY)) or None, scrub(attrs.get(conv.CRASH_PERFORMANCE)) or None,
         fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), res.service_version, res.service_name,
