@@ -5,7 +5,7 @@ Fixtures (the root conftest adds `db_url`, `start_bridge`, `bridge` and `rows`):
 
 - `chromium` (session): the path of Debian's Chromium, apt-installed if missing (CI runs as
   root). Fails, never skips, when it cannot be had.
-- `browser` (session): a headless Playwright `Browser` on that Chromium, launched with the flags
+- `browser` (module): a headless Playwright `Browser` on that Chromium, launched with the flags
   that keep it off the (closed) network. Never `playwright install`: no browser download.
 - `page` (function): a fresh context and page, closed after the test. Console messages and page
   errors are printed at teardown, so a failing test shows what the page said.
@@ -98,9 +98,11 @@ def chromium() -> str:
     return str(CHROMIUM)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium: str) -> Iterator[Any]:
-    """A headless Chromium under Playwright (the `playwright` package of the `dev` extra)."""
+    """A headless Chromium under Playwright (the `playwright` package of the `dev` extra).
+    Per module, not per session: Playwright's sync API keeps an asyncio loop running in the main
+    thread while it lives, which would break `asyncio.run()` in every test after the browser's."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
