@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from otel_bridge import conventions as conv
+from otel_bridge.exporters import fingerprint as fp
 from otel_bridge.exporters import sql_normalize as sqln
 from otel_bridge.exporters.attributes import Attributes, as_str, decode_attributes, first
 from otel_bridge.exporters.context import Identity, ResourceContext, user_agent
@@ -101,6 +102,10 @@ class Failure:
     event_attrs: Attributes
     spans: list[SpanLike] = field(default_factory=list)
     occurrence_key: str = ""  # same failure, same key: also across Export requests
+
+    def fingerprint(self) -> str:
+        custom = self.event_attrs.get(conv.FINGERPRINT) or self.span.attrs.get(conv.FINGERPRINT)
+        return fp.fingerprint(self.exc_type, self.message, self.stack, fp.custom_value(custom))
 
     def absorb(self, other: Failure) -> None:
         """Merge a repeat of this failure seen on other spans."""
@@ -266,5 +271,5 @@ def error_row(
         user_agent(attrs) or user_agent(request_attrs) or user_agent(res.attrs),
         res.device_info, breadcrumbs_for(failure, spans_by_id), scrub(context),
         res.service_name, res.service_version, res.environment, span.trace_hex, span.span_hex,
-        ident.page_view_id, None, failure.occurrence_key,
+        ident.page_view_id, failure.fingerprint(), failure.occurrence_key,
     )  # fmt: skip

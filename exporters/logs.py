@@ -15,6 +15,7 @@ from typing import Any
 from otel_bridge import conventions as conv
 from otel_bridge.exporters import analytics as an
 from otel_bridge.exporters import failures as fl
+from otel_bridge.exporters import fingerprint as fp
 from otel_bridge.exporters.attributes import (
     Attributes,
     as_int,
@@ -200,7 +201,7 @@ def _map_record(
             as_str(attrs.get("url.full")), user_agent(attrs) or user_agent(res.attrs),
             res.device_info, fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), _context(record),
             res.service_name, res.service_version, res.environment, record.trace_hex,
-            record.span_hex, record.ident.page_view_id, _fingerprint(attrs), occurrence,
+            record.span_hex, record.ident.page_view_id, _fingerprint(record), occurrence,
         )  # fmt: skip
     )
     if name == "http.server.request.exception":
@@ -267,11 +268,9 @@ def _context(record: _Record) -> Any:
     return scrub(context) or None
 
 
-def _fingerprint(attrs: Attributes) -> str | None:
-    value = attrs.get(conv.FINGERPRINT)
-    if isinstance(value, list):
-        return "\x1f".join(str(v) for v in value) or None
-    return as_str(value)
+def _fingerprint(record: _Record) -> str:
+    exc_type, message, stack = _exception(record)
+    return fp.fingerprint(exc_type, message, stack, fp.custom_value(record.attrs.get(conv.FINGERPRINT)))
 
 
 def _page_slug(record: _Record, settings: MappingSettings) -> str | None:
@@ -297,7 +296,7 @@ def _crash_row(record: _Record, settings: MappingSettings) -> CrashRow:
         scrub(attrs.get(conv.CRASH_MEMORY)) or None, scrub(attrs.get(conv.CRASH_PERFORMANCE)) or None,
         fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), res.service_version, res.service_name,
         res.service_version, res.environment or settings.defaults.environment or "unknown",
-        record.trace_hex, record.span_hex, record.ident.page_view_id, _fingerprint(attrs),
+        record.trace_hex, record.span_hex, record.ident.page_view_id, _fingerprint(record),
     )  # fmt: skip
 
 
@@ -322,5 +321,5 @@ def _api_error_row(
         timestamp(record.time_unix_nano), record.ident.user_id, record.ident.user_role,
         record.ident.session_id, ip_hash(client_ip(attrs)), user_agent(attrs), res.service_name,
         res.service_version, res.environment, record.trace_hex, record.span_hex,
-        record.ident.page_view_id, _fingerprint(attrs),
+        record.ident.page_view_id, _fingerprint(record),
     )  # fmt: skip

@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from otel_bridge.errors import PermanentError, RetryableError
-from otel_bridge.exporters import derived
+from otel_bridge.exporters import derived, error_groups
 from otel_bridge.exporters.metrics import MetricRows, PreviousPoint, apply_rates
 from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow, ServerMetricsRow
 
@@ -56,10 +56,14 @@ class _TableCopy:
             "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         ).format(stage, sql.Identifier(self.table))
         self.copy = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(stage, columns)
-        self.move = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS s {} ON CONFLICT DO NOTHING").format(
+        # Error tables report what they really inserted: those rows are the groups' occurrences.
+        returning = error_groups.RETURNING.get(self.table)
+        self.move = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} AS s {} ON CONFLICT DO NOTHING{}").format(
             sql.Identifier(self.table), columns, columns, stage,
             _SAME_OCCURRENCE if "occurrence_key" in row_type._fields else sql.SQL(""),
+            sql.SQL(" RETURNING " + returning) if returning else sql.SQL(""),
         )  # fmt: skip
+        self.returns = returning is not None
         self.json_columns = [i for i, t in enumerate(row_type.pg_types) if t == "jsonb"]
 
     def adapt(self, row: Sequence[Any]) -> Sequence[Any]:
@@ -110,8 +114,10 @@ async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
 class PostgresWriter:
     """Writes mapped rows through a pool opened with `prepare_connection` as its configure hook."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, alerts: bool = False) -> None:
+        """`alerts`: queue new groups and regressions for the webhook notifier."""
         self._pool = pool
+        self._alerts = alerts
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -131,11 +137,15 @@ class PostgresWriter:
         """Store one request's TraceRows or LogRows in one transaction: the rows, then what is
         derived from them (query patterns, sessions, page performance)."""
         async with self._transaction() as conn:
+            inserted_errors: list[error_groups.Occurrence] = []
             for table_rows in rows.event_rows():
                 if table_rows and table_rows[0].__class__ in derived.BREADCRUMB_ROW_TYPES:
                     table_rows[:] = await derived.with_session_breadcrumbs(conn, table_rows)
                 if table_rows:
-                    await self._copy(conn, _COPIES[type(table_rows[0])], table_rows)
+                    inserted = await self._copy(conn, _COPIES[type(table_rows[0])], table_rows)
+                    inserted_errors += error_groups.occurrences(inserted)
+            if inserted_errors:
+                await error_groups.record(conn, inserted_errors, self._alerts)
             if rows.query_patterns:
                 await self._register_patterns(conn, list(rows.query_patterns.values()))
             if rows.session_meta:
@@ -166,13 +176,15 @@ class PostgresWriter:
             if rows.rows:
                 await self._copy(conn, _COPIES[ServerMetricsRow], rows.rows)
 
-    async def _copy(self, conn: psycopg.AsyncConnection[Any], copy: _TableCopy, rows: list[Any]) -> None:
+    async def _copy(self, conn: psycopg.AsyncConnection[Any], copy: _TableCopy, rows: list[Any]) -> list[Any]:
+        """COPY into staging, move what is new; the moved rows' RETURNING values, if any."""
         async with conn.cursor() as cur:
             async with cur.copy(copy.copy) as pg_copy:
                 pg_copy.set_types(list(copy.row_type.pg_types))
                 for row in rows:
                     await pg_copy.write_row(copy.adapt(row))
             await cur.execute(copy.move)
+            return await cur.fetchall() if copy.returns else []
 
     async def _register_patterns(
         self, conn: psycopg.AsyncConnection[Any], patterns: list[QueryPatternRow]

@@ -17,6 +17,7 @@ from otel_bridge import conventions as conv
 from otel_bridge.exporters import analytics as an
 from otel_bridge.exporters import browser_spans as bs
 from otel_bridge.exporters import failures as fl
+from otel_bridge.exporters import fingerprint as fp
 from otel_bridge.exporters import sql_normalize as sqln
 from otel_bridge.exporters.attributes import (
     Attributes,
@@ -307,7 +308,8 @@ def _map_server_span(
             _body(span.all_attrs().get("http.response.body.content")),
             timestamp(error_time), ident.user_id, ident.user_role, ident.session_id, ip, agent,
             res.service_name, res.service_version, res.environment, span.trace_hex,
-            span.span_hex, ident.page_view_id, None,
+            span.span_hex, ident.page_view_id,
+            failure.fingerprint() if failure else fp.fingerprint(None, f"HTTP {status} {method} {endpoint}", None),
         )  # fmt: skip
     )
 

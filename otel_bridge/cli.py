@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from otel_bridge import __version__
 from otel_bridge.config import Config, ConfigError
@@ -81,6 +82,79 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(config, users=args.users, concurrency=args.concurrency)
 
 
+def _errors(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime, timedelta, timezone
+
+    from otel_bridge import error_admin
+    from otel_bridge.database import resolve_database
+
+    config = _config(args)
+    _setup_logging("WARNING")
+    url, embedded = resolve_database(config)
+    try:
+        if args.action == "list":
+            since = None
+            if args.since:
+                amount, unit = int(args.since[:-1]), args.since[-1]
+                unit_name = {"m": "minutes", "h": "hours", "d": "days"}[unit]
+                since = datetime.now(timezone.utc) - timedelta(**{unit_name: amount})
+            groups = error_admin.list_groups(url, args.status, args.type, args.service, since, args.limit)
+            print(json.dumps(groups, default=str, indent=2) if args.json else error_admin.format_list(groups))
+        elif args.action == "show":
+            group = error_admin.show_group(url, args.fingerprint)
+            print(json.dumps(group, default=str, indent=2) if args.json else error_admin.format_group(group))
+        else:
+            changed = error_admin.change_status(url, args.fingerprint, args.action, args.by, getattr(args, "in_release", None))
+            print(f"{changed['fingerprint']}: {changed['from']} -> {changed['to']}")
+        return 0
+    except error_admin.NotFound as exc:
+        print(f"otel-bridge errors: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _since(text: str) -> str:
+    if len(text) < 2 or text[-1] not in "mhd" or not text[:-1].isdigit():
+        raise argparse.ArgumentTypeError("expected a duration like 30m, 24h or 7d")
+    return text
+
+
+def _add_errors_command(commands: Any) -> None:
+    import getpass
+
+    errors = commands.add_parser(
+        "errors", help="error groups: list, show, resolve, ignore, reopen",
+        description="The resolution workflow of error groups (errors, crashes and API errors grouped by "
+        "fingerprint). Every change is written to audit_log.", epilog=ENV_HELP,
+    )  # fmt: skip
+    actions = errors.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="groups, most recently seen first", epilog=ENV_HELP)
+    listing.add_argument("--status", choices=["unresolved", "resolved", "ignored"])
+    listing.add_argument("--type", help="error type: API, Database, JavaScript, Application, Crash")
+    listing.add_argument("--service", help="service.name")
+    listing.add_argument("--since", type=_since, help="last seen within this long, e.g. 30m, 24h, 7d")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many groups (default 50)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    show = actions.add_parser("show", help="one group: latest occurrences, breadcrumbs, users by role, releases",
+                              epilog=ENV_HELP)  # fmt: skip
+    show.add_argument("fingerprint", help="the group's fingerprint (a unique prefix of 4+ characters is enough)")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    for name, text in (("resolve", "mark fixed"), ("ignore", "stop surfacing it"), ("reopen", "mark unresolved again")):
+        action = actions.add_parser(name, help=text, epilog=ENV_HELP)
+        action.add_argument("fingerprint", help="the group's fingerprint (or a unique prefix)")
+        action.add_argument("--by", required=name == "resolve", default=getpass.getuser() if name != "resolve" else None,
+                            help="who does it (written to audit_log)")  # fmt: skip
+        if name == "resolve":
+            action.add_argument("--in-release", help="the release with the fix: seeing it there or later reopens it")
+    # On the actions only: argparse lets a subcommand's defaults overwrite its parent's values.
+    for parser in [listing, show, *(actions.choices[n] for n in ("resolve", "ignore", "reopen"))]:
+        _add_database_flags(parser)
+    errors.set_defaults(run=_errors)
+
+
 def _add_database_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
@@ -129,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--verbose", action="store_true", help="show the receiver's logs")
     _add_database_flags(demo)
     demo.set_defaults(run=_demo)
+    _add_errors_command(commands)
     return parser
 
 

@@ -140,6 +140,9 @@ class Config:
     retention_errors_days: int = _setting("OTEL_BRIDGE_RETENTION_ERRORS_DAYS", _positive_int, 365)
     retention_aggregates_days: int = _setting("OTEL_BRIDGE_RETENTION_AGGREGATES_DAYS", _positive_int, 730)
     alert_webhook_url: str | None = _setting("OTEL_BRIDGE_ALERT_WEBHOOK_URL", _optional_text, None, secret=True)
+    alert_spike_factor: float = _setting("OTEL_BRIDGE_ALERT_SPIKE_FACTOR", _non_negative_float, 10.0)
+    alert_spike_min_events: int = _setting("OTEL_BRIDGE_ALERT_SPIKE_MIN_EVENTS", _positive_int, 10)
+    alert_max_per_minute: int = _setting("OTEL_BRIDGE_ALERT_MAX_PER_MINUTE", _positive_int, 30)
     # The seed plan's variables, same names and meaning.
     analytics_enabled: bool = _setting("ANALYTICS_ENABLED", _bool, True)
     analytics_sample_rate: float = _setting("ANALYTICS_SAMPLE_RATE", _rate, 1.0)

@@ -182,6 +182,22 @@ error_groups = Table(
     Column("status", Text, nullable=False), Column("resolved_at", TZ), Column("resolved_by", Text),
     Column("resolved_in_release", Text), Column("regressed_at", TZ),
     Column("created_at", TZ, nullable=False), Column("updated_at", TZ, nullable=False),
+    Column("release_at_resolution", Text), Column("regressions", Integer, nullable=False),
+    Column("last_spike_at", TZ),
+)  # fmt: skip
+
+error_group_users = Table(
+    "error_group_users", metadata,
+    Column("fingerprint", Text, primary_key=True), Column("user_id", Text, primary_key=True),
+    Column("first_seen", TZ, nullable=False),
+)  # fmt: skip
+
+error_alerts = Table(
+    "error_alerts", metadata,
+    Column("id", BigInteger, primary_key=True), Column("kind", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False), Column("payload", JSONB, nullable=False),
+    Column("created_at", TZ, nullable=False), Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", TZ, nullable=False), Column("delivered_at", TZ), Column("last_error", Text),
 )  # fmt: skip
 
 query_patterns = Table(

@@ -22,6 +22,7 @@ from otel_bridge.database import (
     resolve_database,
 )
 from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_ingest
+from otel_bridge.notifier import AlertNotifier, NotifierSettings
 from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.grpc import GrpcReceiver, GrpcReceiverSettings
@@ -39,6 +40,7 @@ class BridgeService:
         self.totals = Totals()
         self.receiver: GrpcReceiver | None = None
         self.http_receiver: HttpReceiver | None = None
+        self.notifier: AlertNotifier | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._ingest: InProcessIngest | ProcessIngest | None = None
         self._summary_task: asyncio.Task[None] | None = None
@@ -63,6 +65,12 @@ class BridgeService:
             admitted,
         )  # fmt: skip
         await self.http_receiver.start()
+        if config.alert_webhook_url:
+            self.notifier = AlertNotifier(NotifierSettings(
+                config.alert_webhook_url, config.alert_spike_factor, config.alert_spike_min_events,
+                config.alert_max_per_minute,
+            ), self.database_url)  # fmt: skip
+            self.notifier.start()
         self._summary_task = asyncio.create_task(self._log_summaries())
 
     async def _consume(self, signal: str, data: bytes) -> Outcome:
@@ -74,6 +82,8 @@ class BridgeService:
     async def stop(self) -> None:
         if self._summary_task is not None:
             self._summary_task.cancel()
+        if self.notifier is not None:
+            await self.notifier.stop()
         if self.http_receiver is not None:
             await self.http_receiver.stop()
         if self.receiver is not None:
