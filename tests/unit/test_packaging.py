@@ -30,7 +30,7 @@ def test_instrumentation_import_pulls_in_no_server_code() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["demo"], ["errors"], ["errors", "list"], ["errors", "resolve"]])
 def test_every_command_has_help(command: list[str]) -> None:
     cli = Path(sys.executable).parent / "otel-bridge"
     result = subprocess.run([str(cli), *command, "--help"], capture_output=True, text=True)
