@@ -30,7 +30,7 @@ _FF_FRAME = re.compile(r"^(?P<func>[^@\s]*)@(?P<loc>\S+?)(?::\d+){1,2}\s*$", re.
 
 _PY_LIBRARY = ("site-packages/", "dist-packages/", "/lib/python3", "<frozen ", "<string>", "/usr/lib/python")
 _JS_LIBRARY = re.compile(
-    r"node_modules/|/vendor[.~-]|/vendors?[.~-]|chunk-vendors|/polyfills?[.-]|/runtime[.~-]"
+    r"node_modules/|^node:|^internal/|/vendors?[.~/-]|chunk-vendors|/polyfills?[.-]|/runtime[.~-]"
     r"|^https?://(?:unpkg\.com|cdn\.jsdelivr\.net|cdnjs\.cloudflare\.com|ajax\.googleapis\.com|"
     r"code\.jquery\.com|cdn\.)"
     r"|^(?:<anonymous>|native|\[native code\]|eval|webpack/bootstrap)",
@@ -60,8 +60,16 @@ def normalize_type(exception_type: str | None) -> str:
     return exception_type.strip().rsplit(".", 1)[-1].rsplit(":", 1)[-1]
 
 
+# The property a JavaScript TypeError names is the bug, not a value (and it survives
+# minification): Chrome `(reading 'id')`, Firefox `can't access property "id"`, Safari `evaluating 'row.id'`.
+_PROPERTY = re.compile(r"""\(reading '([\w$]+)'\)|access property "([\w$]+)"|evaluating '([\w$.]+)'""")
+# Comprehension frames come and go with the Python version (3.12 inlines them, PEP 709).
+_PY_INLINED = frozenset({"<listcomp>", "<dictcomp>", "<setcomp>", "<genexpr>"})
+
+
 def normalize_message(message: str | None) -> str:
     text = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+    text = _PROPERTY.sub(lambda m: f"<prop {m.group(1) or m.group(2) or m.group(3)}>", text)
     for pattern, placeholder in _MESSAGE_RULES:
         text = pattern.sub(placeholder, text)
     return re.sub(r"\s+", " ", text)[:300]
@@ -73,7 +81,7 @@ def _python_frames(stack: str) -> list[str]:
     frames = []
     for match in _PY_FRAME.finditer(final):
         path = match["file"].replace("\\", "/")
-        if any(marker in path for marker in _PY_LIBRARY):
+        if any(marker in path for marker in _PY_LIBRARY) or match["func"] in _PY_INLINED:
             continue
         # The last two path parts: deploy roots differ between hosts and releases.
         frames.append("/".join(path.rsplit("/", 2)[-2:]) + ":" + match["func"])

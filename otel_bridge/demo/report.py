@@ -28,13 +28,12 @@ FROM database_performance_metrics d JOIN query_patterns p USING (query_hash)
 WHERE d.created_at >= %(since)s
 GROUP BY 1 ORDER BY 3 DESC LIMIT 5
 """
-# Until error groups land (fingerprints), errors are grouped by service, kind and exception type.
 TOP_ERRORS_SQL = """
-SELECT service_name, error_type, exception_type, count(*), count(DISTINCT user_id),
-       (array_agg(error_message ORDER BY error_timestamp DESC))[1],
-       (array_agg(breadcrumbs ORDER BY error_timestamp DESC))[1]
-FROM error_logs WHERE created_at >= %(since)s
-GROUP BY 1, 2, 3 ORDER BY 4 DESC LIMIT 5
+SELECT g.service_name, g.error_type, g.title, g.occurrences, g.users_affected, g.fingerprint, g.status,
+       (SELECT e.breadcrumbs FROM error_logs e WHERE e.fingerprint = g.fingerprint AND e.breadcrumbs IS NOT NULL
+        ORDER BY e.error_timestamp DESC LIMIT 1)
+FROM error_groups g WHERE g.last_seen >= %(since)s
+ORDER BY g.occurrences DESC LIMIT 5
 """
 CRASHES_SQL = """
 SELECT service_name, crash_type, exception_type, crash_message, release_version, memory_info, breadcrumbs
@@ -100,10 +99,10 @@ def render(url: str, since: datetime, before: dict[str, int], after: dict[str, i
     out += ["", "slowest queries (normalized; p95; slow = over APM_SLOW_QUERY_THRESHOLD_MS)"]
     out += [f"  {_ms(p95):>6} ms  {n:>4}x  {s} slow  pool {pool if pool is not None else '-'}  {q[:70]}"
             for q, n, p95, s, pool in slow]  # fmt: skip
-    out += ["", "top errors (this run)"]
-    for service, kind, exc_type, n, users, message, crumbs in errors:
-        out.append(f"  {n:>4}x  {kind:<11} {exc_type or '-'} in {service}, {users} user(s)")
-        out.append(f"      {message.splitlines()[0][:100] if message else ''}")
+    out += ["", "top error groups (seen this run; `otel-bridge errors show FINGERPRINT` for more)"]
+    for service, kind, group_title, n, users, fingerprint, status, crumbs in errors:
+        out.append(f"  {n:>4}x  {kind:<11} {fingerprint}  {status}  in {service}, {users} user(s)")
+        out.append(f"      {group_title[:100]}")
         out += _crumbs(crumbs)
     out += ["", "crashes (this run)"]
     for service, kind, exc_type, message, release, memory, crumbs in crashes:

@@ -21,7 +21,7 @@ def test_demo_runs_the_instrumented_app_and_reports(db_url: str, tmp_path: Path)
     assert all(role in usage for role in ROLES)  # 16 users: two of each role
     crashes = out.split("crashes (this run)")[1].split("usage by role")[0]
     assert "cqms-worker 2.4.1: uncaught_exception ZeroDivisionError: division by zero" in crashes
-    errors = out.split("top errors (this run)")[1].split("crashes (this run)")[0]
+    errors = out.split("top error groups")[1].split("crashes (this run)")[0]
     assert "[query] SELECT id, criteria FROM audits WHERE id = %s" in errors  # breadcrumbs of the API error
     assert "pg_sleep" in out.split("slowest queries")[1]
     assert "cqms-api:" in out.split("server health")[1]
