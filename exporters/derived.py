@@ -143,14 +143,20 @@ SELECT session_id, at, category, message, data FROM (
 """
 
 
+def session_refresh(ids: list[str], meta: dict[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The statements that recompute these sessions and their views' time on page from the
+    stored rows (the writer runs them per request; `maintain` to finalize idle sessions)."""
+    meta = meta or {}
+    ips = [meta[i].ip_address if i in meta else None for i in ids]
+    uas = [meta[i].user_agent if i in meta else None for i in ids]
+    return [(_REFRESH_PAGE_VIEWS, {"s": ids}), (_UPSERT_SESSIONS, {"s": ids, "ips": ips, "uas": uas})]
+
+
 async def refresh_sessions(conn: psycopg.AsyncConnection[Any], meta: dict[str, Any]) -> None:
     """Each touched session and the time on page of its views, from the stored rows."""
-    ids = sorted(meta)
     async with conn.cursor() as cur:
-        await cur.execute(_REFRESH_PAGE_VIEWS, {"s": ids})
-        await cur.execute(_UPSERT_SESSIONS, {
-            "s": ids, "ips": [meta[i].ip_address for i in ids], "uas": [meta[i].user_agent for i in ids],
-        })  # fmt: skip
+        for statement, params in session_refresh(sorted(meta), meta):
+            await cur.execute(statement, params)
 
 
 async def refresh_frontend(conn: psycopg.AsyncConnection[Any], perf_keys: list[str]) -> None:

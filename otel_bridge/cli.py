@@ -116,6 +116,31 @@ def _errors(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def _maintain(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from otel_bridge import maintenance
+    from otel_bridge.database import migrate, resolve_database
+
+    config = _config(args)
+    _setup_logging(config.log_level)
+    url, embedded = resolve_database(config)
+    try:
+        migrate(url)
+        settings = config.maintenance_settings()
+        if args.rollup_days:
+            settings = replace(settings, rollup_days=args.rollup_days)
+        report = maintenance.run(url, settings)
+        if report is None:
+            print("another maintenance run holds the lock; nothing done")
+            return 0
+        print("\n".join(report.lines()))
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def _since(text: str) -> str:
     if len(text) < 2 or text[-1] not in "mhd" or not text[:-1].isdigit():
         raise argparse.ArgumentTypeError("expected a duration like 30m, 24h or 7d")
@@ -204,6 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_flags(demo)
     demo.set_defaults(run=_demo)
     _add_errors_command(commands)
+    maintain = commands.add_parser(
+        "maintain", help="partitions, idle sessions, daily rollups and retention (idempotent)",
+        description="Create partitions ahead, finalize sessions idle for 30 minutes, recompute the daily "
+        "rollups of recent days from the raw rows, and drop or delete what is past retention "
+        "(OTEL_BRIDGE_RETENTION_*_DAYS). `serve` also runs this every OTEL_BRIDGE_MAINTENANCE_INTERVAL_S.",
+        epilog=ENV_HELP,
+    )  # fmt: skip
+    maintain.add_argument("--rollup-days", type=int, help="recompute this many days of rollups (OTEL_BRIDGE_ROLLUP_DAYS)")
+    _add_database_flags(maintain)
+    maintain.set_defaults(run=_maintain)
     return parser
 
 

@@ -139,6 +139,8 @@ class Config:
     retention_raw_days: int = _setting("OTEL_BRIDGE_RETENTION_RAW_DAYS", _positive_int, 90)
     retention_errors_days: int = _setting("OTEL_BRIDGE_RETENTION_ERRORS_DAYS", _positive_int, 365)
     retention_aggregates_days: int = _setting("OTEL_BRIDGE_RETENTION_AGGREGATES_DAYS", _positive_int, 730)
+    maintenance_interval_s: float = _setting("OTEL_BRIDGE_MAINTENANCE_INTERVAL_S", _non_negative_float, 300.0)
+    rollup_days: int = _setting("OTEL_BRIDGE_ROLLUP_DAYS", _positive_int, 3)
     alert_webhook_url: str | None = _setting("OTEL_BRIDGE_ALERT_WEBHOOK_URL", _optional_text, None, secret=True)
     alert_spike_factor: float = _setting("OTEL_BRIDGE_ALERT_SPIKE_FACTOR", _non_negative_float, 10.0)
     alert_spike_min_events: int = _setting("OTEL_BRIDGE_ALERT_SPIKE_MIN_EVENTS", _positive_int, 10)
@@ -182,6 +184,12 @@ class Config:
         if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError([f"OTEL_BRIDGE_LOG_LEVEL: expected DEBUG/INFO/WARNING/ERROR, got {config.log_level!r}"])
         return config
+
+    def maintenance_settings(self) -> Any:
+        from otel_bridge.maintenance import MaintenanceSettings
+
+        return MaintenanceSettings(self.retention_raw_days, self.retention_errors_days,
+                                   self.retention_aggregates_days, self.rollup_days)  # fmt: skip
 
     @property
     def data_path(self) -> Path:

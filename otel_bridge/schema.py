@@ -169,7 +169,7 @@ user_sessions = Table(
     Column("ip_address", Text), Column("user_agent", Text),
     Column("service_name", Text, nullable=False), Column("service_version", Text),
     Column("environment", Text), Column("created_at", TZ, nullable=False),
-    Column("updated_at", TZ, nullable=False),
+    Column("updated_at", TZ, nullable=False), Column("finalized_at", TZ),
 )  # fmt: skip
 
 error_groups = Table(
@@ -225,6 +225,13 @@ daily_user_analytics = _rollup(
     [("active_users", Integer), ("sessions", Integer), ("avg_session_duration_s", Double),
      ("pages_per_session", Double), ("bounce_rate", Double), ("page_views", Integer),
      ("actions", Integer)],
+)  # fmt: skip
+
+daily_page_analytics = _rollup(
+    "daily_page_analytics",
+    [("service_name", Text), ("environment", Text), ("page_slug", Text), ("user_role", Text)],
+    [("page_views", Integer), ("unique_users", Integer), ("avg_time_on_page_s", Double),
+     ("avg_scroll_depth", Double)],
 )  # fmt: skip
 
 daily_api_performance = _rollup(

@@ -44,6 +44,7 @@ class BridgeService:
         self._embedded: EmbeddedPostgres | None = None
         self._ingest: InProcessIngest | ProcessIngest | None = None
         self._summary_task: asyncio.Task[None] | None = None
+        self._maintenance_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -72,6 +73,8 @@ class BridgeService:
             ), self.database_url)  # fmt: skip
             self.notifier.start()
         self._summary_task = asyncio.create_task(self._log_summaries())
+        if config.maintenance_interval_s > 0:
+            self._maintenance_task = asyncio.create_task(self._maintain_periodically(config.maintenance_interval_s))
 
     async def _consume(self, signal: str, data: bytes) -> Outcome:
         assert self._ingest is not None
@@ -80,8 +83,9 @@ class BridgeService:
         return outcome
 
     async def stop(self) -> None:
-        if self._summary_task is not None:
-            self._summary_task.cancel()
+        for task in (self._summary_task, self._maintenance_task):
+            if task is not None:
+                task.cancel()
         if self.notifier is not None:
             await self.notifier.stop()
         if self.http_receiver is not None:
@@ -107,6 +111,21 @@ class BridgeService:
             log.info("shutting down: draining in-flight exports")
         finally:
             await self.stop()
+
+    async def _maintain_periodically(self, interval_s: float) -> None:
+        """`otel-bridge maintain` in the background; the advisory lock keeps receivers sharing a
+        database from running it twice at once."""
+        from otel_bridge import maintenance
+
+        await asyncio.sleep(min(interval_s, 10.0))
+        while True:
+            try:
+                report = await asyncio.to_thread(maintenance.run, self.database_url, self.config.maintenance_settings())
+                if report is not None:
+                    log.info("maintenance: %s", "; ".join(report.lines()))
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                log.warning("maintenance failed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(interval_s)
 
     async def _log_summaries(self) -> None:
         while True:

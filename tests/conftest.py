@@ -78,6 +78,7 @@ def bridge_config(db_url: str, data_dir: Path, **env: str) -> Config:
             "OTEL_BRIDGE_DATA_DIR": str(data_dir),
             "OTEL_BRIDGE_GRPC_LISTEN": "127.0.0.1:0",
             "OTEL_BRIDGE_HTTP_LISTEN": "127.0.0.1:0",
+            "OTEL_BRIDGE_MAINTENANCE_INTERVAL_S": "0",  # tests run `maintain` themselves
             "OTEL_BRIDGE_IP_HASH_KEY": "test-key-0123456789abcdef",
             **env,
         }

@@ -106,7 +106,7 @@ def run_demo(config: Config, users: int = 24, concurrency: int = 6) -> int:
     print(f"  data directory: {config.data_path}" if not config.database_url else "  external database")
     since = datetime.now(timezone.utc) - timedelta(seconds=1)
     # A free port: the demo never collides with a running `otel-bridge serve`.
-    bridge = ThreadedService(replace(config, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0"))
+    bridge = ThreadedService(replace(config, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0", maintenance_interval_s=0))
     problems: list[str] = []
     try:
         url = bridge.service.database_url

@@ -38,6 +38,6 @@ def test_migrate_command_on_the_embedded_default(tmp_path: Path) -> None:
     env["OTEL_BRIDGE_DATA_DIR"] = str(tmp_path)
     result = subprocess.run([str(cli), "migrate"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "database now at revision 0004" in result.stderr
+    assert "database now at revision 0005" in result.stderr
     assert "password" not in result.stderr.lower()
     assert (tmp_path / "pgdata" / "PG_VERSION").exists()

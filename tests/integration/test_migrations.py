@@ -12,7 +12,7 @@ from otel_bridge.database import current_revision, ensure_partitions, migrate
 from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow
 from otel_bridge.schema import PARTITIONED_TABLES, metadata
 
-HEAD = "0004"
+HEAD = "0005"
 
 PG_TYPE_NAMES = {"uuid": "uuid", "text": "text", "timestamptz": "timestamp with time zone",
                  "float8": "double precision", "int4": "integer", "int8": "bigint",
