@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from otel_bridge.errors import PermanentError, RetryableError
-from otel_bridge.exporters import derived, error_groups
+from otel_bridge.exporters import derived, erased, error_groups
 from otel_bridge.exporters.metrics import MetricRows, PreviousPoint, apply_rates
 from otel_bridge.exporters.rows import EVENT_ROW_TYPES, QueryPatternRow, ServerMetricsRow
 
@@ -114,10 +114,12 @@ async def prepare_connection(conn: psycopg.AsyncConnection[Any]) -> None:
 class PostgresWriter:
     """Writes mapped rows through a pool opened with `prepare_connection` as its configure hook."""
 
-    def __init__(self, pool: Any, alerts: bool = False) -> None:
-        """`alerts`: queue new groups and regressions for the webhook notifier."""
+    def __init__(self, pool: Any, alerts: bool = False, subject_hash: erased.SubjectHash | None = None) -> None:
+        """`alerts`: queue new groups and regressions for the webhook notifier. `subject_hash`:
+        the keyed hash of forgotten users and sessions, whose rows are then never stored again."""
         self._pool = pool
         self._alerts = alerts
+        self._subject_hash = subject_hash
 
     @contextlib.asynccontextmanager
     async def _transaction(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -137,6 +139,8 @@ class PostgresWriter:
         """Store one request's TraceRows or LogRows in one transaction: the rows, then what is
         derived from them (query patterns, sessions, page performance)."""
         async with self._transaction() as conn:
+            if self._subject_hash is not None:
+                await erased.drop_erased(conn, rows, self._subject_hash)
             inserted_errors: list[error_groups.Occurrence] = []
             for table_rows in rows.event_rows():
                 if table_rows and table_rows[0].__class__ in derived.BREADCRUMB_ROW_TYPES:

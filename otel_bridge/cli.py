@@ -141,6 +141,27 @@ def _maintain(args: argparse.Namespace) -> int:
             embedded.stop()
 
 
+def _forget(args: argparse.Namespace) -> int:
+    from otel_bridge.database import migrate, resolve_database
+    from otel_bridge.erasure import forget
+    from otel_bridge.privacy import IpHasher
+
+    config = _config(args)
+    _setup_logging("WARNING")
+    url, embedded = resolve_database(config)
+    try:
+        migrate(url)
+        hasher = IpHasher.from_setting(config.ip_hash_key, config.data_path)
+        done = forget(url, args.user_id, args.by, hasher.subject)
+        rows = ", ".join(f"{t} {n}" for t, n in sorted(done["rows_deleted"].items())) or "no rows"
+        print(f"forgot user (subject {done['subject'][:16]}...): {rows}; {done['sessions']} session(s); "
+              "later data for them is dropped at ingest")  # fmt: skip
+        return 0
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
 def _since(text: str) -> str:
     if len(text) < 2 or text[-1] not in "mhd" or not text[:-1].isdigit():
         raise argparse.ArgumentTypeError("expected a duration like 30m, 24h or 7d")
@@ -239,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     maintain.add_argument("--rollup-days", type=int, help="recompute this many days of rollups (OTEL_BRIDGE_ROLLUP_DAYS)")
     _add_database_flags(maintain)
     maintain.set_defaults(run=_maintain)
+    import getpass
+
+    forget = commands.add_parser(
+        "forget", help="erase one user from every table (right to erasure)",
+        description="Delete a user's rows from every table in one transaction, remember a keyed hash of the "
+        "user and their sessions so late OTLP retries are dropped at ingest, and write audit_log. "
+        "Use the same OTEL_BRIDGE_IP_HASH_KEY / data directory as the receiver.", epilog=ENV_HELP,
+    )  # fmt: skip
+    forget.add_argument("--user-id", required=True, help="the user.id to erase")
+    forget.add_argument("--by", default=getpass.getuser(), help="who asks (written to audit_log)")
+    _add_database_flags(forget)
+    forget.set_defaults(run=_forget)
     return parser
 
 

@@ -37,7 +37,8 @@ async def open_pipeline(config: Config, database_url: str, pool_size: int) -> tu
     # answer UNAVAILABLE quickly instead of failing to start.
     await pool.open(wait=False)
     ip_hash = IpHasher.from_setting(config.ip_hash_key, config.data_path)
-    return Pipeline(config, PostgresWriter(pool, alerts=bool(config.alert_webhook_url)), ip_hash), pool
+    writer = PostgresWriter(pool, alerts=bool(config.alert_webhook_url), subject_hash=ip_hash.subject)
+    return Pipeline(config, writer, ip_hash), pool
 
 
 class InProcessIngest:

@@ -135,6 +135,11 @@ class IpHasher:
             self._cache[ip] = digest
         return digest
 
+    def subject(self, kind: str, value: str) -> str:
+        """The keyed hash `erased_subjects` keeps for a forgotten user or session: a dump of the
+        database does not tell whether a given user was erased."""
+        return hmac.new(self._key, f"{kind}:{value}".encode(), hashlib.sha256).hexdigest()
+
     @classmethod
     def from_setting(cls, configured: str | None, data_dir: Path) -> IpHasher:
         """The key from OTEL_BRIDGE_IP_HASH_KEY, else one generated once and kept in the data
