@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,19 @@ def test_maintain_applies_retention_and_rollups_match_raw_rows(db_url: str, rows
     assert rows(db_url, "SELECT day, user_role, request_count, error_count, round(p95_ms::numeric, 3) "
                         "FROM daily_api_performance WHERE service_name = 'cqms-api' AND day >= %(d)s ORDER BY 1, 2",
                 full) == rolled  # fmt: skip
+
+
+def test_serve_maintains_in_the_background_and_runs_never_collide(db_url: str, start_bridge: Any, rows: Any) -> None:
+    from otel_bridge import maintenance
+
+    with psycopg.connect(db_url) as conn:
+        conn.execute("INSERT INTO user_sessions (id, session_id, user_role, session_start, service_name) "
+                     "VALUES (gen_random_uuid(), 's-idle', 'Auditor', now() - interval '2 hours', 'web')")  # fmt: skip
+    with psycopg.connect(db_url, autocommit=True) as holder:  # another receiver is maintaining
+        holder.execute("SELECT pg_advisory_lock(%s)", (maintenance.LOCK_KEY,))
+        assert maintenance.run(db_url, maintenance.MaintenanceSettings()) is None
+    start_bridge(db_url, OTEL_BRIDGE_MAINTENANCE_INTERVAL_S="1")
+    deadline = time.monotonic() + 20
+    while rows(db_url, "SELECT finalized_at FROM user_sessions WHERE session_id = 's-idle'") == [(None,)]:
+        assert time.monotonic() < deadline, "serve never ran maintenance"
+        time.sleep(0.3)
