@@ -130,7 +130,9 @@ def _maintain(args: argparse.Namespace) -> int:
         settings = config.maintenance_settings()
         if args.rollup_days:
             settings = replace(settings, rollup_days=args.rollup_days)
-        report = maintenance.run(url, settings)
+        import getpass
+
+        report = maintenance.run(url, settings, actor=getpass.getuser())
         if report is None:
             print("another maintenance run holds the lock; nothing done")
             return 0

@@ -27,6 +27,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from otel_bridge import rollups
 from otel_bridge.exporters import derived
@@ -83,8 +84,10 @@ class MaintenanceReport:
         ]
 
 
-def run(url: str, settings: MaintenanceSettings, now: datetime | None = None) -> MaintenanceReport | None:
-    """One maintenance pass; None when another one holds the lock."""
+def run(url: str, settings: MaintenanceSettings, now: datetime | None = None,
+        actor: str = "otel-bridge") -> MaintenanceReport | None:  # fmt: skip
+    """One maintenance pass; None when another one holds the lock. Deleting data is an admin
+    action: when retention removed anything, `audit_log` says what, when and by whom."""
     now = now or datetime.now(timezone.utc)
     started = time.monotonic()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -101,6 +104,11 @@ def run(url: str, settings: MaintenanceSettings, now: datetime | None = None) ->
             report.rollup_rows = rollups.refresh(conn, first, end)
             apply_retention(conn, settings, now, report)
             report.seconds = time.monotonic() - started
+            if report.partitions_dropped or any(report.rows_deleted.values()):
+                details = {"partitions_dropped": report.partitions_dropped,
+                           "rows_deleted": {t: n for t, n in report.rows_deleted.items() if n}}  # fmt: skip
+                conn.execute("INSERT INTO audit_log (actor, action, target, details) VALUES (%s, 'maintain.retention', "
+                             "NULL, %s)", (actor, Jsonb(details)))  # fmt: skip
             return report
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))

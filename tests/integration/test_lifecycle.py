@@ -114,6 +114,9 @@ def test_maintain_applies_retention_and_rollups_match_raw_rows(db_url: str, rows
     assert rows(db_url, "SELECT count(*) FROM user_sessions WHERE finalized_at IS NULL")[0][0] == 0
     again = maintain(db_url, "--rollup-days", "120")
     assert "expired partitions dropped: none" in again and "sessions finalized: 0" in again
+    audit = rows(db_url, "SELECT action, details FROM audit_log")
+    assert len(audit) == 1 and audit[0][0] == "maintain.retention"  # only the pass that deleted data
+    assert "api_performance_metrics_p" in str(audit[0][1]["partitions_dropped"])
     assert rows(db_url, "SELECT day, user_role, request_count, error_count, round(p95_ms::numeric, 3) "
                         "FROM daily_api_performance WHERE service_name = 'cqms-api' AND day >= %(d)s ORDER BY 1, 2",
                 full) == rolled  # fmt: skip
