@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from otel_bridge import __version__
+from otel_bridge.access import add_roles_command
 from otel_bridge.config import Config, ConfigError
 
 ENV_HELP = "Every flag has an environment variable; see env.template for all of them."
@@ -252,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_flags(demo)
     demo.set_defaults(run=_demo)
     _add_errors_command(commands)
+    add_roles_command(commands, _add_database_flags, ENV_HELP)
     maintain = commands.add_parser(
         "maintain", help="partitions, idle sessions, daily rollups and retention (idempotent)",
         description="Create partitions ahead, finalize sessions idle for 30 minutes, recompute the daily "

@@ -47,10 +47,27 @@ $fn$;
 """
 
 
+# Retention drops expired monthly partitions: DETACH and DROP need the table's owner, so the
+# receiver's writer role (`otel-bridge roles`) calls this (SECURITY DEFINER there) instead.
+DROP_PARTITION = r"""
+CREATE FUNCTION otel_bridge_drop_partition(parent TEXT, part TEXT)
+RETURNS VOID LANGUAGE plpgsql AS $fn$
+BEGIN
+  IF part !~ ('^' || parent || '_p[0-9]{6}$') THEN
+    RAISE EXCEPTION 'not a monthly partition of %: %', parent, part;
+  END IF;
+  EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', parent, part);
+  EXECUTE format('DROP TABLE %I', part);
+END
+$fn$;
+"""
+
+
 def upgrade() -> None:
     """Add user_sessions.finalized_at and otel_bridge_partition_month()."""
     op.execute("ALTER TABLE user_sessions ADD COLUMN finalized_at TIMESTAMPTZ")
     op.execute(PARTITION_MONTH)
+    op.execute(DROP_PARTITION)
     # Page views and time on page per page slug (the seed's per-feature usage), per day.
     op.execute(
         """
@@ -74,5 +91,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     """Drop them."""
     op.execute("DROP TABLE daily_page_analytics")
+    op.execute("DROP FUNCTION otel_bridge_drop_partition(TEXT, TEXT)")
     op.execute("DROP FUNCTION otel_bridge_partition_month(TEXT, DATE)")
     op.execute("ALTER TABLE user_sessions DROP COLUMN finalized_at")
