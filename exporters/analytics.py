@@ -18,7 +18,7 @@ from otel_bridge import conventions as conv
 from otel_bridge.exporters.attributes import Attributes, as_int, as_str
 from otel_bridge.exporters.context import Identity, ResourceContext, client_ip, user_agent
 from otel_bridge.exporters.rows import ActionRow, PageLeaveRow, PageViewRow, row_id, timestamp
-from otel_bridge.privacy import scrub
+from otel_bridge.privacy import scrub, scrub_text
 
 PAGE_VIEW_EVENTS = frozenset({"browser.navigation", "browser.page_view"})
 ACTION_EVENTS = frozenset({"browser.user_action.click", conv.USER_ACTION_EVENT})
@@ -91,8 +91,8 @@ def page_view_row(ev: EventContext, rules: Sequence[SlugRule]) -> PageViewRow:
     rid = row_id(ev.time_unix_nano, view_id.encode() if view_id else ev.key, b"page_view")
     return PageViewRow(
         rid, ident.user_id, ident.user_role or ANONYMOUS, ident.session_id or "",
-        page_slug(path, as_str(attrs.get(conv.PAGE_SLUG)), rules), path, url,
-        as_str(attrs.get(conv.PAGE_REFERRER) or attrs.get("http.request.header.referer")),
+        page_slug(path, as_str(attrs.get(conv.PAGE_SLUG)), rules), path, scrub_text(url),
+        scrub_text(as_str(attrs.get(conv.PAGE_REFERRER) or attrs.get("http.request.header.referer"))),
         timestamp(ev.time_unix_nano), res.device_info, res.service_name, res.service_version,
         res.environment, ev.trace_hex, ev.span_hex, view_id,
     )  # fmt: skip
@@ -133,7 +133,7 @@ def action_row(ev: EventContext, name: str, rules: Sequence[SlugRule]) -> Action
     return ActionRow(
         row_id(ev.time_unix_nano, ev.key, b"action"), ident.user_id, ident.user_role or ANONYMOUS,
         ident.session_id or "", page_slug(path, as_str(attrs.get(conv.PAGE_SLUG)), rules), action_type,
-        _action_target(attrs), scrub(context) if context is not None else None,
+        scrub_text(_action_target(attrs)), scrub(context) if context is not None else None,
         timestamp(ev.time_unix_nano), res.device_info, res.service_name, res.service_version,
         res.environment, ev.trace_hex, ev.span_hex, ident.page_view_id,
     )  # fmt: skip

@@ -19,6 +19,7 @@ from otel_bridge.exporters.analytics import SlugRule
 from otel_bridge.exporters.attributes import as_str
 from otel_bridge.exporters.context import Identity, ResourceContext
 from otel_bridge.exporters.rows import ActionRow, PageViewRow, PerfEventRow, row_id, timestamp
+from otel_bridge.privacy import scrub_text
 
 DOCUMENT_LOAD = "documentLoad"
 DOCUMENT_FETCH = "documentFetch"
@@ -114,7 +115,7 @@ def fetch_rows(
         return [row("nav_ttfb", ttfb)] if ttfb is not None else []
     duration = round((pb.end_time_unix_nano - pb.start_time_unix_nano) / 1e6, 3)
     resource = {
-        "url": as_str(attrs.get("url.full") or attrs.get("http.url")), "type": None,
+        "url": scrub_text(as_str(attrs.get("url.full") or attrs.get("http.url"))), "type": None,
         "transfer_size": None, "encoded_size": attrs.get("http.response_content_length"),
         "decoded_size": attrs.get("http.response_content_length_uncompressed"), "duration_ms": duration,
         "dns_ms": _ms(times, "domainLookupStart", "domainLookupEnd"), "tcp_ms": _ms(times, "connectStart", "connectEnd"),

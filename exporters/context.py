@@ -14,6 +14,7 @@ from typing import Any
 
 from otel_bridge import conventions as conv
 from otel_bridge.exporters.attributes import Attributes, as_str, first
+from otel_bridge.privacy import scrub
 
 # Resource attribute prefixes that describe the device/runtime (the seed's `device_info`).
 _DEVICE_PREFIXES = ("os.", "host.", "device.", "browser.", "process.runtime.", "telemetry.sdk.")
@@ -69,7 +70,7 @@ def resource_context(attrs: Attributes, defaults: Defaults) -> ResourceContext:
         service_version=as_str(attrs.get("service.version")) or defaults.release_version,
         environment=as_str(first(attrs, "deployment.environment.name", "deployment.environment"))
         or defaults.environment,
-        device_info=device or None,
+        device_info=scrub(device) if device else None,  # host.ip is a raw IP
         is_browser=attrs.get("telemetry.sdk.language") == "webjs"
         or any(k.startswith("browser.") for k in attrs),
     )

@@ -21,7 +21,7 @@ from otel_bridge.exporters import sql_normalize as sqln
 from otel_bridge.exporters.attributes import Attributes, as_str, decode_attributes, first
 from otel_bridge.exporters.context import Identity, ResourceContext, user_agent
 from otel_bridge.exporters.rows import ErrorRow, row_id, timestamp
-from otel_bridge.privacy import cap, scrub
+from otel_bridge.privacy import cap, scrub, scrub_text
 
 # Which category wins when one failure is seen on several spans: the most specific one.
 CATEGORY_PRIORITY = {"Database": 3, "API": 2, "JavaScript": 1, "Application": 0}
@@ -76,7 +76,7 @@ def parse_breadcrumbs(value: Any) -> list[Any] | None:
     if not value:
         return None
     items = value if isinstance(value, list) else [value]
-    return [_json_or_text(item) if isinstance(item, str) else item for item in items]
+    return scrub([_json_or_text(item) if isinstance(item, str) else item for item in items])
 
 
 def _json_or_text(text: str) -> Any:
@@ -220,7 +220,7 @@ def breadcrumbs_for(
                     crumbs.append((event.time_unix_nano, breadcrumb_from_event(event)))
             span = spans_by_id.get((span.trace_id, span.parent_span_id))
     crumbs.sort(key=lambda pair: pair[0])
-    return [crumb for _, crumb in crumbs] or None
+    return scrub([crumb for _, crumb in crumbs]) or None
 
 
 # Attributes already stored in their own columns; everything else goes to the error's context.
@@ -264,10 +264,10 @@ def error_row(
                       str(failure.event_index).encode())  # fmt: skip
     return ErrorRow(
         error_id, error_id, failure.category,
-        failure.message or failure.exc_type or "exception", cap(failure.stack), error_code,
+        scrub_text(failure.message) or failure.exc_type or "exception", cap(failure.stack), error_code,
         failure.exc_type, timestamp(failure.time_unix_nano), ident.user_id, ident.user_role,
         ident.session_id, as_str(first(attrs, "otel_bridge.page.slug")),
-        as_str(first(attrs, "url.full", "http.url") or first(request_attrs, "url.full", "http.url")),
+        scrub_text(as_str(first(attrs, "url.full", "http.url") or first(request_attrs, "url.full", "http.url"))),
         user_agent(attrs) or user_agent(request_attrs) or user_agent(res.attrs),
         res.device_info, breadcrumbs_for(failure, spans_by_id), scrub(context),
         res.service_name, res.service_version, res.environment, span.trace_hex, span.span_hex,

@@ -16,6 +16,7 @@ from otel_bridge import conventions as conv
 from otel_bridge.exporters.analytics import SlugRule, page_location, page_slug
 from otel_bridge.exporters.attributes import Attributes, as_float, as_str
 from otel_bridge.exporters.rows import PerfEventRow, row_id, timestamp
+from otel_bridge.privacy import scrub_text
 
 PERF_EVENTS = frozenset({"browser.web_vital", "browser.navigation_timing", "browser.resource_timing"})
 WEB_VITALS = frozenset({"lcp", "fcp", "cls", "inp", "ttfb", "fid"})
@@ -64,7 +65,7 @@ def _resource(attrs: Attributes) -> dict[str, Any]:
 
     secure = f("secure_connection_start")
     return {
-        "url": as_str(attrs.get("url.full") or attrs.get("browser.resource_timing.name")),
+        "url": scrub_text(as_str(attrs.get("url.full") or attrs.get("browser.resource_timing.name"))),
         "type": as_str(attrs.get("browser.resource_timing.initiator_type") or attrs.get("resource.initiator_type")),
         "transfer_size": f("transfer_size"), "encoded_size": f("encoded_body_size"),
         "decoded_size": f("decoded_body_size"), "duration_ms": f("duration"),

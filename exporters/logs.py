@@ -47,7 +47,7 @@ from otel_bridge.exporters.rows import (
     row_id,
     timestamp,
 )
-from otel_bridge.privacy import cap, scrub
+from otel_bridge.privacy import cap, scrub, scrub_text
 
 SEVERITY_FATAL = 21  # FATAL..FATAL4 are 21-24
 CRASH_EVENT = "app.crash"
@@ -194,11 +194,11 @@ def _map_record(
     error_id = row_id(record.time_unix_nano, record.key, b"error")
     out.errors.append(
         ErrorRow(
-            error_id, error_id, category, message or exc_type or "exception", cap(stack),
+            error_id, error_id, category, scrub_text(message) or exc_type or "exception", cap(stack),
             as_str(attrs.get("db.response.status_code")) if category == "Database" else None,
             exc_type, timestamp(record.time_unix_nano), record.ident.user_id,
             record.ident.user_role, record.ident.session_id, _page_slug(record, settings),
-            as_str(attrs.get("url.full")), user_agent(attrs) or user_agent(res.attrs),
+            scrub_text(as_str(attrs.get("url.full"))), user_agent(attrs) or user_agent(res.attrs),
             res.device_info, fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), _context(record),
             res.service_name, res.service_version, res.environment, record.trace_hex,
             record.span_hex, record.ident.page_view_id, _fingerprint(record), occurrence,
@@ -289,9 +289,9 @@ def _crash_row(record: _Record, settings: MappingSettings) -> CrashRow:
     crash_type = as_str(attrs.get(conv.CRASH_TYPE)) or ("fatal_log" if record.name != CRASH_EVENT else "uncaught_exception")
     crash_id = row_id(record.time_unix_nano, record.key, b"crash")
     return CrashRow(
-        crash_id, crash_id, crash_type, message or exc_type or "crash", cap(stack) or "", exc_type,
+        crash_id, crash_id, crash_type, scrub_text(message) or exc_type or "crash", cap(stack) or "", exc_type,
         timestamp(record.time_unix_nano), record.ident.user_id, record.ident.user_role,
-        record.ident.session_id, _page_slug(record, settings), as_str(attrs.get("url.full")),
+        record.ident.session_id, _page_slug(record, settings), scrub_text(as_str(attrs.get("url.full"))),
         user_agent(attrs) or user_agent(res.attrs), res.device_info,
         scrub(attrs.get(conv.CRASH_MEMORY)) or None, scrub(attrs.get(conv.CRASH_PERFORMANCE)) or None,
         fl.parse_breadcrumbs(attrs.get(conv.BREADCRUMBS)), res.service_version, res.service_name,
@@ -317,7 +317,7 @@ def _api_error_row(
     error_id = row_id(record.time_unix_nano, record.key, b"api_error")
     return ApiErrorRow(
         error_id, error_id, endpoint, method, status if status and status >= 100 else 500,
-        message or exc_type or "exception", cap(stack), exc_type, None, None, None,
+        scrub_text(message) or exc_type or "exception", cap(stack), exc_type, None, None, None,
         timestamp(record.time_unix_nano), record.ident.user_id, record.ident.user_role,
         record.ident.session_id, ip_hash(client_ip(attrs)), user_agent(attrs), res.service_name,
         res.service_version, res.environment, record.trace_hex, record.span_hex,

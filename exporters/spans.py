@@ -53,7 +53,7 @@ from otel_bridge.exporters.rows import (
     row_id,
     timestamp,
 )
-from otel_bridge.privacy import cap, scrub, scrub_headers
+from otel_bridge.privacy import cap, scrub, scrub_headers, scrub_text
 
 SPAN_KIND_SERVER = 2
 SPAN_KIND_CLIENT = 3
@@ -301,7 +301,7 @@ def _map_server_span(
     error_id = row_id(error_time, *key, b"api_error")
     out.api_errors.append(
         ApiErrorRow(
-            error_id, error_id, endpoint, method, status or 500, message,
+            error_id, error_id, endpoint, method, status or 500, scrub_text(message),
             cap(failure.stack) if failure else None, failure.exc_type if failure else None,
             _body(span.all_attrs().get("http.request.body.content")),
             scrub_headers(prefixed(span.all_attrs(), "http.request.header.")) or None,
