@@ -164,7 +164,7 @@ def _digits(text: str, pattern: re.Pattern[str]) -> str:
         if begin < last:
             continue
         found = _candidate(kind, text[begin : start + 1] + m.group(kind))
-        if found is None or (kind == "ip" and _is_version(text, begin, found[0])):
+        if found is None or (kind == "ip" and (_is_version(text, begin, found[0]) or _is_url_host(text, begin))):
             continue
         out.append(text[last:begin])
         out.append(found[1])
@@ -181,6 +181,11 @@ def _digits(text: str, pattern: re.Pattern[str]) -> str:
         return text
     out.append(text[last:])
     return "".join(out)
+
+
+def _is_url_host(text: str, begin: int) -> bool:
+    """`http://10.0.0.5:8080/reports`: the server a page or API lives on, not a user's address."""
+    return text.endswith("://", 0, begin)
 
 
 def _is_version(text: str, begin: int, length: int) -> bool:

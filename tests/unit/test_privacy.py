@@ -209,7 +209,7 @@ def test_lookalike_credentials_are_kept(text: str) -> None:
 @pytest.mark.parametrize(("text", "expected"), [
     ("client 203.0.113.77 refused", f"client {FILTERED_IP} refused"),
     ("x-forwarded-for: 203.0.113.77, 10.0.0.1.", f"x-forwarded-for: {FILTERED_IP}, {FILTERED_IP}."),
-    ("http://203.0.113.77:8080/x", f"http://{FILTERED_IP}:8080/x"),
+    ("via 203.0.113.77:8080/x", f"via {FILTERED_IP}:8080/x"),  # a URL host is the server: kept (below)
     ("GET /lookup/203.0.113.77?full=1", f"GET /lookup/{FILTERED_IP}?full=1"),
     ("from 2001:db8::7334 port 22", f"from {FILTERED_IP} port 22"),
     ("peer [2001:db8:85a3:0:0:8a2e:370:7334]:443", f"peer [{FILTERED_IP}]:443"),
@@ -301,3 +301,8 @@ def test_scrubbing_never_raises_and_is_idempotent(text: str) -> None:
     once = scrub_text(text)
     assert scrub_text(once) == once
     assert scrub(scrub({"v": text})) == scrub({"v": text})
+
+
+def test_an_ip_as_a_url_host_is_the_server_not_a_user() -> None:
+    assert scrub_text("http://127.0.0.1:8000/audits/reports") == "http://127.0.0.1:8000/audits/reports"
+    assert scrub_text("GET http://10.0.0.5/x from 203.0.113.9") == "GET http://10.0.0.5/x from [Filtered:ip]"
