@@ -160,6 +160,14 @@ class Visitor:
                              ("INP", rng.uniform(40, 350))):  # fmt: skip
             self.browser_event("browser.web_vital", slug, path, view_id, opened + int(value * 1e6),
                                {"browser.web_vital.name": vital, "browser.web_vital.value": round(value, 4)})  # fmt: skip
+        # The page's navigation timing, in ms from its start, as the tracker sends it after `load`.
+        response = rng.uniform(40, 250)
+        interactive = response + rng.uniform(150, 900)
+        loaded = interactive + rng.uniform(100, 1500)
+        timing = {"response_start": response, "dom_interactive": interactive,
+                  "dom_content_loaded_event_end": interactive + rng.uniform(5, 60), "load_event_end": loaded}  # fmt: skip
+        self.browser_event("browser.navigation_timing", slug, path, view_id, opened + int(loaded * 1e6),
+                           {f"browser.navigation_timing.{k}": round(v, 1) for k, v in timing.items()})  # fmt: skip
 
     def browser_leave(self, slug: str, path: str, view_id: str | None, opened: int, interactions: int) -> None:
         if view_id is None:
