@@ -186,7 +186,8 @@ def build_app(database_url: str) -> Any:
             "INSERT INTO audits (reference, auditor_id, scorecard_id, criteria) VALUES (%s, %s, %s, %s) RETURNING id",
             (form["reference"], identity.get("user_id") or "anonymous", form.get("scorecard_id", 1), form.get("criteria", [])),
         )  # fmt: skip
-        track_action("submit", "create-audit-form", context={"criteria": len(form.get("criteria", []))},
+        # The form's submit is the browser's to report (with its metrics); the server records the outcome.
+        track_action("create", "audit", context={"criteria": len(form.get("criteria", []))},
                      page_view_id=page_view_id(request), **identity)  # fmt: skip
         return JSONResponse({"id": rows[0]["id"]}, status_code=201)
 

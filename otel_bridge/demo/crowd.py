@@ -136,7 +136,16 @@ class Visitor:
             # A fresh reference on every run: the app's database outlives the demo.
             audit = {"reference": f"AUD-{uuid.uuid4().hex[:10]}",
                      "scorecard_id": rng.randint(1, 4), "criteria": [rng.randint(1, 5) for _ in range(4)]}  # fmt: skip
+            started = time.monotonic()
+            if rng.random() < 0.25:  # filled half the form, then left: the tracker reports the abandon
+                self.browser_form("form_abandon", view_id, {"time_spent_ms": rng.randint(4000, 40000),
+                                  "fields_filled": 2, "fields_total": 4, "validation_errors": rng.randint(0, 2),
+                                  "draft_saves": 0})  # fmt: skip
+                return calls
             call("POST", "/api/audits", json=audit)
+            self.browser_form("submit", view_id, {"time_to_complete_ms": int((time.monotonic() - started) * 1000)
+                              + rng.randint(20000, 180000), "fields_filled": 4, "fields_total": 4,
+                              "validation_errors": rng.randint(0, 2), "draft_saves": rng.randint(0, 1)})  # fmt: skip
             if rng.random() < 0.3:  # an impatient double click
                 call("POST", "/api/audits", json=audit)
         elif slug == "audit-reports":
@@ -150,6 +159,15 @@ class Visitor:
             call("GET", f"/api/audits/{rng.randint(1, 200)}")
             call("GET", f"/api/audits/{rng.randint(5000, 6000)}")  # a stale link: 404
         return calls
+
+    def browser_form(self, kind: str, view_id: str | None, context: dict[str, Any]) -> None:
+        """The audit form's metrics, as otel-bridge.js reports a submit or an abandon."""
+        if view_id is None:
+            return
+        self.browser_event("otel_bridge.user_action", "create-audit", PATH_BY_SLUG["create-audit"], view_id,
+                           time.time_ns(), {"otel_bridge.action.type": kind,
+                                            "otel_bridge.action.target": "create-audit-form",
+                                            "otel_bridge.action.context": context})  # fmt: skip
 
     def browser_page(self, slug: str, path: str, view_id: str | None, opened: int) -> None:
         if view_id is None:
