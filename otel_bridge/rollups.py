@@ -72,6 +72,10 @@ FROM (
   SELECT (crash_timestamp AT TIME ZONE 'UTC')::date, service_name, coalesce(environment, ''), 'Crash',
          coalesce(fingerprint, ''), coalesce(user_role, ''), user_id, 1
   FROM crash_reports WHERE crash_timestamp >= %(from)s AND crash_timestamp < %(to)s
+  UNION ALL  -- API errors without an exception (a 5xx answer): counted as error groups count them
+  SELECT (error_timestamp AT TIME ZONE 'UTC')::date, service_name, coalesce(environment, ''), 'API',
+         coalesce(fingerprint, ''), coalesce(user_role, ''), user_id, 0
+  FROM api_error_logs WHERE exception_type IS NULL AND error_timestamp >= %(from)s AND error_timestamp < %(to)s
 ) e GROUP BY 1, 2, 3, 4, 5, 6
 """
 
