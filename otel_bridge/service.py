@@ -25,6 +25,7 @@ from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_in
 from otel_bridge.notifier import AlertNotifier, NotifierSettings
 from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.admission import ExportAdmission
+from otel_bridge.receiver.auth import BearerTokens
 from otel_bridge.receiver.grpc import GrpcReceiver, GrpcReceiverSettings
 from otel_bridge.receiver.http import HttpReceiver, HttpReceiverSettings, parse_origins
 
@@ -56,14 +57,15 @@ class BridgeService:
         await self._ingest.start()
         # One bound on in-flight Exports, whichever protocol they come in on.
         admitted = ExportAdmission(self._consume, config.max_concurrent_exports, config.queue_timeout_s)
+        tokens = BearerTokens(config.auth_tokens)
         self.receiver = GrpcReceiver(
-            GrpcReceiverSettings(config.grpc_listen, config.max_request_bytes, config.retry_after_s), admitted
+            GrpcReceiverSettings(config.grpc_listen, config.max_request_bytes, config.retry_after_s), admitted, tokens
         )
         await self.receiver.start()
         self.http_receiver = HttpReceiver(
             HttpReceiverSettings(config.http_listen, config.max_request_bytes, config.retry_after_s,
                                  parse_origins(config.cors_origins)),
-            admitted,
+            admitted, tokens,
         )  # fmt: skip
         await self.http_receiver.start()
         if config.alert_webhook_url:

@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from otel_bridge.pipeline import Consume
+from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
 from otel_bridge.receiver.status import status_for
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,11 @@ SIGNALS = {
 
 
 class GrpcReceiver:
-    def __init__(self, settings: GrpcReceiverSettings, consume: Consume) -> None:
+    def __init__(self, settings: GrpcReceiverSettings, consume: Consume, tokens: BearerTokens | None = None) -> None:
         """`consume` is the service's admission-bounded pipeline (`ExportAdmission`)."""
         self.settings = settings
         self._consume = consume
+        self._tokens = tokens or BearerTokens(None)
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self.port: int = 0
@@ -104,6 +106,10 @@ class GrpcReceiver:
 
     def _handler(self, signal: _Signal) -> Callable[..., Awaitable[Any]]:
         async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+            if self._tokens.enabled:
+                metadata = dict(context.invocation_metadata() or ())
+                if not self._tokens.allows(metadata.get("authorization")):
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             try:
                 outcome = await self._consume(signal.name, data)
             except Exception as exc:  # noqa: BLE001 - every failure becomes an OTLP status

@@ -27,6 +27,7 @@ from google.rpc import code_pb2, status_pb2
 
 from otel_bridge.errors import PermanentError, RetryableError
 from otel_bridge.pipeline import Consume, Outcome
+from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
 from otel_bridge.receiver.grpc import SIGNALS
 from otel_bridge.receiver.otlp_json import parse_json
 
@@ -64,9 +65,10 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 class OtlpHttpApp:
     """The ASGI application; `consume` is the service's admission-bounded pipeline."""
 
-    def __init__(self, settings: HttpReceiverSettings, consume: Consume) -> None:
+    def __init__(self, settings: HttpReceiverSettings, consume: Consume, tokens: BearerTokens | None = None) -> None:
         self.settings = settings
         self._consume = consume
+        self._tokens = tokens or BearerTokens(None)
         self._tracker: bytes | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -85,6 +87,8 @@ class OtlpHttpApp:
             elif method != "POST":
                 raise HttpError(405, code_pb2.UNIMPLEMENTED, f"{method} is not allowed; use POST",
                                 [("allow", "POST, OPTIONS")])  # fmt: skip
+            elif not self._tokens.allows(headers.get("authorization")):
+                raise HttpError(401, code_pb2.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE, [("www-authenticate", "Bearer")])
             else:
                 await self._export(PATHS[path], headers, receive, send, cors)
         except HttpError as exc:
@@ -234,9 +238,9 @@ class HttpReceiver:
     """Serves `OtlpHttpApp` with uvicorn on the running loop (no signal handlers of its own: the
     service owns shutdown)."""
 
-    def __init__(self, settings: HttpReceiverSettings, consume: Consume) -> None:
+    def __init__(self, settings: HttpReceiverSettings, consume: Consume, tokens: BearerTokens | None = None) -> None:
         self.settings = settings
-        self.app = OtlpHttpApp(settings, consume)
+        self.app = OtlpHttpApp(settings, consume, tokens)
         self.port = 0
         self._server: Any = None
         self._main_loop: asyncio.Task[None] | None = None
