@@ -3,7 +3,10 @@ test, and the real receiver on a free 127.0.0.1 port in a background event loop.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,3 +116,30 @@ def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
 def rows() -> Any:
     """`rows(url, sql)` -> list of tuples; a fixture because importlib mode cannot share modules."""
     return query
+
+
+@contextlib.contextmanager
+def _uvicorn_serving(app: Any) -> Iterator[str]:
+    """A real uvicorn server for `app` on a free 127.0.0.1 port, in a thread; yields its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def uvicorn_serving() -> Callable[[Any], contextlib.AbstractContextManager[str]]:
+    """`with uvicorn_serving(app) as base_url:` (a fixture: importlib mode cannot share modules)."""
+    return _uvicorn_serving

@@ -1,7 +1,7 @@
 """Real-browser test harness: Debian's Chromium driven by Playwright, pages served by a real ASGI
 server, and the upstream opentelemetry-js bundle built from npm.
 
-Fixtures (the root conftest adds `db_url`, `start_bridge`, `bridge` and `rows`):
+Fixtures (the root conftest adds `db_url`, `start_bridge`, `bridge`, `rows` and `uvicorn_serving`):
 
 - `chromium` (session): the path of Debian's Chromium, apt-installed if missing (CI runs as
   root). Fails, never skips, when it cannot be had.
@@ -44,7 +44,6 @@ import mimetypes
 import os
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +51,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -129,25 +127,6 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 # --- Serving pages ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def uvicorn_serving(app: Any) -> Iterator[str]:
-    """A real uvicorn server for `app` on a free 127.0.0.1 port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @dataclass(frozen=True)
 class Site:
     url: str  # the origin, http://127.0.0.1:PORT
@@ -173,7 +152,7 @@ SiteFactory = Callable[..., Site]
 
 
 @pytest.fixture
-def site() -> Iterator[SiteFactory]:
+def site(uvicorn_serving: Any) -> Iterator[SiteFactory]:
     """`site(root=None, files=None, routes=None, app=None)` -> a served `Site` (see the module doc)."""
     with contextlib.ExitStack() as stack:
 

@@ -3,15 +3,12 @@ by httpx, exporting to the real receiver: the rows are checked."""
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -34,24 +31,8 @@ async def boom(request: Any) -> JSONResponse:
     raise ValueError(f"scorecard {request.path_params['n']} is broken")
 
 
-@contextlib.contextmanager
-def uvicorn_serving(app: Any) -> Iterator[str]:
-    """A real uvicorn server for `app` on a free 127.0.0.1 port; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.fixture
-def served(bridge: Any) -> Iterator[tuple[str, TracerProvider]]:
+def served(bridge: Any, uvicorn_serving: Any) -> Iterator[tuple[str, TracerProvider]]:
     provider = TracerProvider(resource=Resource.create({"service.name": "cqms-api"}))
     provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=bridge.endpoint, insecure=True)))
 
@@ -96,7 +77,7 @@ def test_instrumented_app_rows(served: tuple[str, TracerProvider], db_url: str, 
     assert [c["message"] for c in crumbs] == ["GET /api/boom/3", "about to fail"]
 
 
-def test_fastapi_gets_one_server_span_with_its_route() -> None:
+def test_fastapi_gets_one_server_span_with_its_route(uvicorn_serving: Any) -> None:
     from fastapi import FastAPI
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -120,7 +101,7 @@ def test_fastapi_gets_one_server_span_with_its_route() -> None:
     assert (span.attributes["http.route"], span.attributes["user.id"]) == ("/api/users/{user_id}", "u-1")
 
 
-def test_in_flight_requests_are_counted_for_crash_reports() -> None:
+def test_in_flight_requests_are_counted_for_crash_reports(uvicorn_serving: Any) -> None:
     from otel_bridge.instrumentation.asgi import active_requests
 
     async def inside(request: Any) -> JSONResponse:
