@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint serve bench install clean help
+.PHONY: demo test test-long lint serve bench install clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -26,6 +26,9 @@ lint: $(STAMP)  ## pyflakes, import order, no imports of the folder names
 
 test: lint  ## lint, then the whole test suite (real PostgreSQL, real gRPC, real SDK)
 	$(BIN)/pytest -q
+
+test-long: lint  ## the suite with the long reliability variants (full volumes; not part of CI)
+	OTEL_BRIDGE_LONG_TESTS=1 $(BIN)/pytest -q
 
 serve: $(STAMP)  ## run the receiver on 127.0.0.1:4317 with the embedded database
 	$(BIN)/otel-bridge serve

@@ -18,13 +18,20 @@ class ExportAdmission:
         self._consume = consume
         self._slots = asyncio.Semaphore(max_concurrent_exports)
         self._queue_timeout_s = queue_timeout_s
+        self.in_flight = 0  # Exports being consumed now
+        self.waiting = 0  # Exports queued for a slot
 
     async def __call__(self, signal: str, data: bytes) -> Outcome:
+        self.waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), self._queue_timeout_s)
         except asyncio.TimeoutError:
             raise RetryableError("receiver overloaded: too many exports in flight") from None
+        finally:
+            self.waiting -= 1
+        self.in_flight += 1
         try:
             return await self._consume(signal, data)
         finally:
+            self.in_flight -= 1
             self._slots.release()
