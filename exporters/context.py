@@ -91,6 +91,8 @@ class Identity:
 
     def absorb(self, attrs: Mapping[str, Any]) -> None:
         """Fill what is still unknown from one span's (or resource's) attributes."""
+        if _IDENTITY_KEY_SET.isdisjoint(attrs):  # most resources and many spans: nothing to read
+            return
         get = attrs.get  # `a or b`: the stable name first, then the old one
         if self.user_id is None:
             self.user_id = as_str(get("user.id") or get("enduser.id"))

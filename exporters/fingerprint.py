@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 MAX_FRAMES = 8  # the innermost in-app frames that identify a bug; deeper callers vary by route
@@ -108,15 +109,18 @@ def _js_frames(stack: str) -> list[str]:
     return files[:MAX_FRAMES]
 
 
-def in_app_frames(stack: str | None) -> tuple[str, list[str]]:
-    """("python" | "javascript" | "", the in-app frame keys, innermost last for Python)."""
+@lru_cache(maxsize=4096)
+def in_app_frames(stack: str | None) -> tuple[str, tuple[str, ...]]:
+    """("python" | "javascript" | "", the in-app frame keys, innermost last for Python).
+    Cached: an error storm repeats one stack text thousands of times, and parsing it is most of
+    an error row's cost."""
     if not stack:
-        return "", []
+        return "", ()
     if _PY_FRAME.search(stack):
-        return "python", _python_frames(stack)
+        return "python", tuple(_python_frames(stack))
     if _V8_FRAME.search(stack) or _FF_FRAME.search(stack):
-        return "javascript", _js_frames(stack)
-    return "", []
+        return "javascript", tuple(_js_frames(stack))
+    return "", ()
 
 
 def custom_value(value: object) -> str | None:

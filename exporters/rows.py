@@ -32,7 +32,16 @@ def row_id(unix_nano: int, *parts: bytes) -> uuid.UUID:
     digest = int.from_bytes(hashlib.blake2b(b"\x1f".join(parts), digest_size=10).digest(), "big")
     ms = (unix_nano // 1_000_000) & _MASK48
     value = (ms << 80) | (0x7 << 76) | ((digest >> 68) << 64) | (0b10 << 62) | (digest & _MASK62)
-    return uuid.UUID(int=value)
+    # uuid.UUID(int=...) re-validates what is valid by construction; this runs once per row.
+    row = _new_uuid(uuid.UUID)
+    _set(row, "int", value)
+    _set(row, "is_safe", _UNKNOWN)
+    return row
+
+
+_new_uuid = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -283,7 +283,7 @@ def _map_server_span(
         ApiPerformanceRow(
             row_id(pb.start_time_unix_nano, *key, b"api"), endpoint, method, start, duration_ms,
             status,
-            _size(get, "request"), _size(get, "response"),
+            _size(get, _REQUEST_SIZE), _size(get, _RESPONSE_SIZE),
             ident.user_id, ident.user_role, ident.session_id, ip, agent,
             duration_ms >= settings.slow_api_ms, res.service_name, res.service_version,
             res.environment, span.trace_hex, span.span_hex, ident.page_view_id,
@@ -340,13 +340,16 @@ def _map_browser_span(
     ))  # fmt: skip
 
 
-def _size(get: Any, direction: str) -> int | None:
-    """Body size: semconv's `http.*.body.size`, the old `http.*_content_length`, else the
-    captured `content-length` header (dashes in semconv, underscores from Python)."""
-    return as_int(
-        get(f"http.{direction}.body.size") or get(f"http.{direction}_content_length")
-        or get(f"http.{direction}.header.content-length") or get(f"http.{direction}.header.content_length")
-    )  # fmt: skip
+# Body size: semconv's `http.*.body.size`, the old `http.*_content_length`, else the captured
+# `content-length` header (dashes in semconv, underscores from Python).
+_REQUEST_SIZE, _RESPONSE_SIZE = (
+    (f"http.{d}.body.size", f"http.{d}_content_length", f"http.{d}.header.content-length",
+     f"http.{d}.header.content_length") for d in ("request", "response")
+)  # fmt: skip
+
+
+def _size(get: Any, keys: tuple[str, str, str, str]) -> int | None:
+    return as_int(get(keys[0]) or get(keys[1]) or get(keys[2]) or get(keys[3]))
 
 
 def _body(value: Any) -> Any:

@@ -16,10 +16,10 @@ from otel_bridge.config import Config, ConfigError
 ENV_HELP = "Every flag has an environment variable; see env.template for all of them."
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, process: str = "") -> None:
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{process}: %(message)s",
         stream=sys.stderr,
     )
     # Third-party chatter that says nothing an operator needs at INFO.
@@ -35,6 +35,7 @@ def _config(args: argparse.Namespace) -> Config:
             ("http_listen", getattr(args, "http_listen", None)),
             ("database_url", getattr(args, "database_url", None)),
             ("data_dir", getattr(args, "data_dir", None)),
+            ("serve_workers", getattr(args, "workers", None)),
         )
         if value is not None
     }
@@ -45,8 +46,18 @@ def _serve(args: argparse.Namespace) -> int:
     from otel_bridge.service import BridgeService
 
     config = _config(args)
+    if args.worker_index is not None:  # one receiver of `serve --workers`: the parent prepared the database
+        _setup_logging(config.log_level, f"[receiver {args.worker_index}]")
+        service = BridgeService(config, prepared_database_url=config.database_url,
+                                background_jobs=args.worker_index == 0)  # fmt: skip
+        asyncio.run(service.run_until_signal())
+        return 0
     _setup_logging(config.log_level)
     logging.getLogger(__name__).info("starting otel-bridge %s", __version__)
+    if config.serve_workers > 1:
+        from otel_bridge.serve_workers import ServeWorkers
+
+        return ServeWorkers(config, config.serve_workers).run()
     asyncio.run(BridgeService(config).run_until_signal())
     return 0
 
@@ -150,6 +161,30 @@ def _forget(args: argparse.Namespace) -> int:
         return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    from otel_bridge import stats
+
+    return stats.run(args.url, args.token, args.json, args.timeout)
+
+
+def _add_stats_command(commands: Any) -> None:
+    stats = commands.add_parser(
+        "stats", help="a running receiver's own counters: items, rows, exports, latency, queue",
+        description="Scrape a running receiver's GET /metrics once and print, per signal, the items "
+        "accepted, rejected and ignored; rows stored per table; exports by transport and status with "
+        "their latency (p50/p95/p99, estimated from the histogram); database errors; exports refused "
+        "as overloaded; and exports in flight and waiting now. Under `serve --workers` the numbers "
+        "are summed over every receiver process. Exit code 1 when the receiver cannot be scraped.",
+        epilog=ENV_HELP,
+    )  # fmt: skip
+    stats.add_argument("--url", help="the receiver's OTLP/HTTP address, HOST:PORT or a full URL "
+                       "(default: OTEL_BRIDGE_HTTP_LISTEN, 127.0.0.1:4318)")  # fmt: skip
+    stats.add_argument("--token", help="bearer token for /metrics (default: the first of OTEL_BRIDGE_AUTH_TOKENS)")
+    stats.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.set_defaults(run=_stats)
+
+
 def _since(text: str) -> str:
     if len(text) < 2 or text[-1] not in "mhd" or not text[:-1].isdigit():
         raise argparse.ArgumentTypeError("expected a duration like 30m, 24h or 7d")
@@ -197,6 +232,13 @@ def _add_database_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (OTEL_BRIDGE_DATA_DIR)")
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-bridge",
@@ -212,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--grpc-listen", help="HOST:PORT for OTLP/gRPC (OTEL_BRIDGE_GRPC_LISTEN, default 127.0.0.1:4317)")
     serve.add_argument("--http-listen", help="HOST:PORT for OTLP/HTTP and /otel-bridge.js (OTEL_BRIDGE_HTTP_LISTEN, default 127.0.0.1:4318)")
+    serve.add_argument("--workers", type=_positive, metavar="N",
+                       help="receiver processes sharing the ports with SO_REUSEPORT (OTEL_BRIDGE_WORKERS, default 1)")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
     _add_database_flags(serve)
     serve.set_defaults(run=_serve)
 
@@ -238,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_database_flags(demo)
     demo.set_defaults(run=_demo)
     _add_errors_command(commands)
+    _add_stats_command(commands)
     add_roles_command(commands, _add_database_flags, ENV_HELP)
     maintain = commands.add_parser(
         "maintain", help="partitions, idle sessions, daily rollups and retention (idempotent)",
@@ -271,6 +317,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"otel-bridge: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a listen address in use: the reason, not a traceback
+        print(f"otel-bridge: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

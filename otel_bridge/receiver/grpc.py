@@ -10,7 +10,7 @@ Oversized requests are refused by grpc itself with RESOURCE_EXHAUSTED before any
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +21,12 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as logs_pb
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metrics_pb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
-from otel_bridge.pipeline import Consume
+from otel_bridge.errors import PermanentError
+from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
 from otel_bridge.receiver.status import status_for
+from otel_bridge.receiver.tls import TlsSettings
+from otel_bridge.telemetry import ReceiverTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ class GrpcReceiverSettings:
     listen: str = "127.0.0.1:4317"
     max_request_bytes: int = 16 * 1024 * 1024
     retry_after_s: float = 2.0
+    tls: TlsSettings | None = None  # None: plaintext
+    reuse_port: bool = False  # share the port with other receivers (`serve --workers`)
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,13 @@ SIGNALS = {
 
 
 class GrpcReceiver:
-    def __init__(self, settings: GrpcReceiverSettings, consume: Consume, tokens: BearerTokens | None = None) -> None:
-        """`consume` is the service's admission-bounded pipeline (`ExportAdmission`)."""
+    def __init__(self, settings: GrpcReceiverSettings, admission: ExportAdmission, tokens: BearerTokens | None = None,
+                 telemetry: ReceiverTelemetry | None = None) -> None:  # fmt: skip
+        """`admission`: the service's bound on Exports, in front of its pipeline."""
         self.settings = settings
-        self._consume = consume
+        self._place = admission.place  # taken before the request is read
         self._tokens = tokens or BearerTokens(None)
+        self._telemetry = telemetry or ReceiverTelemetry()
         self._server: grpc.aio.Server | None = None
         self._health = health_aio.HealthServicer()
         self.port: int = 0
@@ -73,11 +80,17 @@ class GrpcReceiver:
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", 4 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                # Without BDP probing a connection's window stays small until a handler asks for
+                # the message: the bytes of an Export refused unread mostly stay with its sender.
+                ("grpc.http2.bdp_probe", 0),
+                # Off unless asked: two receivers must not silently split one port's traffic.
+                ("grpc.so_reuseport", int(self.settings.reuse_port)),
             ]
         )
         for signal in SIGNALS.values():
-            handler = grpc.unary_unary_rpc_method_handler(
+            # Client-streaming on our side (the same wire format as unary): the handler runs before
+            # the request is read, so admission refuses a flood before it is in memory.
+            handler = grpc.stream_unary_rpc_method_handler(
                 self._handler(signal),
                 request_deserializer=None,
                 response_serializer=lambda message: message.SerializeToString(),
@@ -86,15 +99,23 @@ class GrpcReceiver:
                 (grpc.method_handlers_generic_handler(signal.service, {"Export": handler}),)
             )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = server.add_insecure_port(self.settings.listen)
+        tls = self.settings.tls
+        try:
+            if tls is None:
+                self.port = server.add_insecure_port(self.settings.listen)
+            else:
+                self.port = server.add_secure_port(self.settings.listen, tls.grpc_credentials())
+        except RuntimeError:  # grpc's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.settings.listen}")
+            raise OSError(f"cannot listen on {self.settings.listen}: address in use or not available")
         await server.start()
         for signal in SIGNALS.values():
             await self._health.set(signal.service, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         self._server = server
-        log.info("OTLP/gRPC receiver listening on %s", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}")
+        log.info("OTLP/gRPC receiver listening on %s (%s)", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}",
+                 tls.mode if tls else "plaintext")  # fmt: skip
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop accepting, let in-flight Exports finish (they answer only after commit)."""
@@ -105,13 +126,14 @@ class GrpcReceiver:
         self._server = None
 
     def _handler(self, signal: _Signal) -> Callable[..., Awaitable[Any]]:
-        async def export(data: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def export(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
             if self._tokens.enabled:
                 metadata = dict(context.invocation_metadata() or ())
                 if not self._tokens.allows(metadata.get("authorization")):
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
             try:
-                outcome = await self._consume(signal.name, data)
+                async with self._place() as consume:
+                    outcome = await consume(signal.name, await _one_message(requests))
             except Exception as exc:  # noqa: BLE001 - every failure becomes an OTLP status
                 code, message, trailers = status_for(exc, self.settings.retry_after_s)
                 if code == grpc.StatusCode.UNAVAILABLE:
@@ -126,4 +148,13 @@ class GrpcReceiver:
                 response.partial_success.CopyFrom(partial)
             return response
 
-        return export
+        return self._telemetry.grpc_export(signal.name, export)
+
+
+async def _one_message(requests: AsyncIterator[bytes]) -> bytes:
+    data: bytes | None = None
+    async for message in requests:
+        if data is not None:
+            raise PermanentError("an Export carries exactly one request message")
+        data = message
+    return data if data is not None else b""

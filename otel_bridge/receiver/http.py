@@ -1,5 +1,5 @@
-"""OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, and the browser tracker at
-`GET /otel-bridge.js`.
+"""OTLP/HTTP receiver: `POST /v1/traces`, `/v1/metrics`, `/v1/logs`, the browser tracker at
+`GET /otel-bridge.js`, and the receiver's own telemetry at `GET /metrics`.
 
 A plain ASGI app served by uvicorn on the service's event loop, with the OTLP/HTTP rules
 (https://opentelemetry.io/docs/specs/otlp/#otlphttp): `application/x-protobuf` or
@@ -16,6 +16,8 @@ import asyncio
 import json
 import logging
 import math
+import socket
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -26,10 +28,13 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from otel_bridge.errors import PermanentError, RetryableError
-from otel_bridge.pipeline import Consume, Outcome
+from otel_bridge.pipeline import Outcome
+from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
 from otel_bridge.receiver.grpc import SIGNALS
 from otel_bridge.receiver.otlp_json import parse_json
+from otel_bridge.receiver.tls import TlsSettings
+from otel_bridge.telemetry import ReceiverTelemetry
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,7 @@ PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 PATHS = {"/v1/traces": "traces", "/v1/metrics": "metrics", "/v1/logs": "logs"}
 TRACKER_PATH = "/otel-bridge.js"
+METRICS_PATH = "/metrics"
 _CHUNK = 64 * 1024
 
 
@@ -46,6 +52,8 @@ class HttpReceiverSettings:
     max_request_bytes: int = 16 * 1024 * 1024
     retry_after_s: float = 2.0
     cors_origins: tuple[str, ...] = ()  # "*" allows any origin
+    tls: TlsSettings | None = None  # None: plaintext
+    reuse_port: bool = False  # share the port with other receivers (`serve --workers`)
 
 
 def parse_origins(text: str | None) -> tuple[str, ...]:
@@ -63,12 +71,14 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 class OtlpHttpApp:
-    """The ASGI application; `consume` is the service's admission-bounded pipeline."""
+    """The ASGI application; `admission` is the service's bound on Exports, in front of its pipeline."""
 
-    def __init__(self, settings: HttpReceiverSettings, consume: Consume, tokens: BearerTokens | None = None) -> None:
+    def __init__(self, settings: HttpReceiverSettings, admission: ExportAdmission, tokens: BearerTokens | None = None,
+                 telemetry: ReceiverTelemetry | None = None) -> None:  # fmt: skip
         self.settings = settings
-        self._consume = consume
+        self._place = admission.place  # taken before the request body is read
         self._tokens = tokens or BearerTokens(None)
+        self._telemetry = telemetry or ReceiverTelemetry()
         self._tracker: bytes | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -77,9 +87,12 @@ class OtlpHttpApp:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
         cors = self._cors_headers(headers.get("origin"))
         path, method = scope["path"], scope["method"]
+        started, code = time.perf_counter(), code_pb2.OK
         try:
             if path == TRACKER_PATH and method in ("GET", "HEAD"):
                 await self._tracker_script(send, cors, head=method == "HEAD")
+            elif path == METRICS_PATH:
+                await self._scrape(method, headers, send)
             elif path not in PATHS:
                 raise HttpError(404, code_pb2.NOT_FOUND, f"no such path: {path[:100]}")
             elif method == "OPTIONS":
@@ -92,7 +105,10 @@ class OtlpHttpApp:
             else:
                 await self._export(PATHS[path], headers, receive, send, cors)
         except HttpError as exc:
+            code = exc.code
             await _respond_status(send, exc, _answer_type(headers), cors)
+        if method == "POST" and path in PATHS:
+            self._telemetry.exported(PATHS[path], "http", code_pb2.Code.Name(code), started)
 
     # --- Export ----------------------------------------------------------------------------
     async def _export(self, signal: str, headers: dict[str, str], receive: Receive, send: Send,
@@ -101,11 +117,17 @@ class OtlpHttpApp:
         if content_type not in (PROTOBUF, JSON):
             raise HttpError(415, code_pb2.INVALID_ARGUMENT,
                             f"unsupported content-type {content_type or '(none)'!r}; use {PROTOBUF} or {JSON}")  # fmt: skip
-        body = await self._read_body(headers, receive)
+        read = False
         try:
-            # JSON is turned into the protobuf the ingest workers take, off the event loop.
-            data = body if content_type == PROTOBUF else await asyncio.to_thread(_json_to_protobuf, signal, body)
-            outcome = await self._consume(signal, data)
+            # The admission place is taken before the body is read: a flood is refused unread.
+            async with self._place() as consume:
+                body = await self._read_body(headers, receive)
+                read = True
+                # JSON is turned into the protobuf the ingest workers take, off the event loop.
+                data = body if content_type == PROTOBUF else await asyncio.to_thread(_json_to_protobuf, signal, body)
+                outcome = await consume(signal, data)
+        except HttpError:
+            raise
         except PermanentError as exc:
             log.error("%s export refused: %s", signal, exc)
             raise HttpError(400, code_pb2.INVALID_ARGUMENT, str(exc)) from None
@@ -115,6 +137,9 @@ class OtlpHttpApp:
                 retry_after = exc.retry_after_s
             message = str(exc) if isinstance(exc, RetryableError) else f"internal error: {type(exc).__name__}"
             log.warning("%s export not stored, sender will retry: %s", signal, message)
+            if not read:
+                # Answer after the body: a sender still writing it would see a reset, not the 503.
+                await _discard_body(receive, self.settings.max_request_bytes)
             raise HttpError(503, code_pb2.UNAVAILABLE, message,
                             [("retry-after", str(max(1, math.ceil(retry_after))))]) from None  # fmt: skip
         await _respond(send, 200, _encode(_response(signal, outcome), content_type), content_type, cors)
@@ -159,6 +184,18 @@ class OtlpHttpApp:
             raise HttpError(400, code_pb2.INVALID_ARGUMENT, "bad gzip body: truncated")
         return b"".join(parts)
 
+    async def _scrape(self, method: str, headers: dict[str, str], send: Send) -> None:
+        """`GET /metrics`: the receiver's own telemetry (`otel_bridge.telemetry`), behind the same
+        bearer tokens as the Exports: Prometheus sends one with `authorization` in its scrape config."""
+        if method not in ("GET", "HEAD"):
+            raise HttpError(405, code_pb2.UNIMPLEMENTED, f"{method} is not allowed; use GET", [("allow", "GET, HEAD")])
+        if not self._tokens.allows(headers.get("authorization")):
+            raise HttpError(401, code_pb2.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE, [("www-authenticate", "Bearer")])
+        # Off the event loop: in multiprocess mode this reads every receiver's files.
+        body, content_type = await asyncio.to_thread(self._telemetry.exposition, headers.get("accept"))
+        await _respond(send, 200, b"" if method == "HEAD" else body, content_type, [("cache-control", "no-store")],
+                       content_length=len(body))  # fmt: skip
+
     # --- CORS and the tracker ---------------------------------------------------------------
     def _cors_headers(self, origin: str | None) -> list[tuple[str, str]]:
         allowed = self.settings.cors_origins
@@ -188,6 +225,16 @@ class OtlpHttpApp:
         await _respond(send, 200, b"" if head else body, "application/javascript; charset=utf-8",
                        [("cache-control", "public, max-age=300"), ("access-control-allow-origin", "*")],
                        content_length=len(body))  # fmt: skip
+
+
+async def _discard_body(receive: Receive, limit: int) -> None:
+    received, more = 0, True
+    while more and received <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        received += len(message.get("body", b""))
+        more = message.get("more_body", False)
 
 
 def _json_to_protobuf(signal: str, body: bytes) -> bytes:
@@ -238,9 +285,10 @@ class HttpReceiver:
     """Serves `OtlpHttpApp` with uvicorn on the running loop (no signal handlers of its own: the
     service owns shutdown)."""
 
-    def __init__(self, settings: HttpReceiverSettings, consume: Consume, tokens: BearerTokens | None = None) -> None:
+    def __init__(self, settings: HttpReceiverSettings, admission: ExportAdmission,
+                 tokens: BearerTokens | None = None, telemetry: ReceiverTelemetry | None = None) -> None:  # fmt: skip
         self.settings = settings
-        self.app = OtlpHttpApp(settings, consume, tokens)
+        self.app = OtlpHttpApp(settings, admission, tokens, telemetry)
         self.port = 0
         self._server: Any = None
         self._main_loop: asyncio.Task[None] | None = None
@@ -249,19 +297,23 @@ class HttpReceiver:
         import uvicorn
 
         host, _, port = self.settings.listen.rpartition(":")
+        tls = self.settings.tls
         config = uvicorn.Config(self.app, host=host.strip("[]"), port=int(port), lifespan="off", access_log=False,
-                                log_level="warning", server_header=False, timeout_graceful_shutdown=5)  # fmt: skip
+                                log_level="warning", server_header=False, timeout_graceful_shutdown=5,
+                                **(tls.uvicorn_options() if tls else {}))  # fmt: skip
         config.load()
+        if tls is not None:
+            tls.enforce_minimum_version(config.ssl)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         try:
-            await server.startup()
+            await server.startup(sockets=[_reuse_port_socket(host, int(port))] if self.settings.reuse_port else None)
         except SystemExit:  # uvicorn exits when it cannot bind
             raise OSError(f"cannot listen on {self.settings.listen}") from None
         self._server = server
         self.port = server.servers[0].sockets[0].getsockname()[1]
         self._main_loop = asyncio.create_task(server.main_loop(), name="otlp-http")
-        log.info("OTLP/HTTP receiver listening on %s:%d", host, self.port)
+        log.info("OTLP/HTTP receiver listening on %s:%d (%s)", host, self.port, tls.mode if tls else "plaintext")
 
     async def stop(self) -> None:
         """Stop accepting; in-flight Exports finish (they answer only after commit)."""
@@ -272,3 +324,19 @@ class HttpReceiver:
             await self._main_loop
         await self._server.shutdown()
         self._server = None
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket other receivers on the same address may share (SO_REUSEPORT): uvicorn
+    has no option for it, but serves sockets it is given."""
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
