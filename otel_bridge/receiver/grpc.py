@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 from otel_bridge.errors import PermanentError
 from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
-from otel_bridge.receiver.status import status_for
+from otel_bridge.receiver.status import RetryLog, status_for
 from otel_bridge.receiver.tls import TlsSettings
 from otel_bridge.telemetry import ReceiverTelemetry
 
@@ -68,6 +68,7 @@ class GrpcReceiver:
         """`admission`: the service's bound on Exports, in front of its pipeline."""
         self.settings = settings
         self._place = admission.place  # taken before the request is read
+        self._retry_log = RetryLog(log)
         self._tokens = tokens or BearerTokens(None)
         self._telemetry = telemetry or ReceiverTelemetry()
         self._server: grpc.aio.Server | None = None
@@ -137,7 +138,7 @@ class GrpcReceiver:
             except Exception as exc:  # noqa: BLE001 - every failure becomes an OTLP status
                 code, message, trailers = status_for(exc, self.settings.retry_after_s)
                 if code == grpc.StatusCode.UNAVAILABLE:
-                    log.warning("%s export not stored, sender will retry: %s", signal.service.rsplit(".", 1)[-1], message)
+                    self._retry_log.warning(signal.service.rsplit(".", 1)[-1], message)
                 else:
                     log.error("%s export refused: %s", signal.service.rsplit(".", 1)[-1], message)
                 await context.abort(code, message, trailing_metadata=trailers)

@@ -33,6 +33,7 @@ from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
 from otel_bridge.receiver.grpc import SIGNALS
 from otel_bridge.receiver.otlp_json import parse_json
+from otel_bridge.receiver.status import RetryLog
 from otel_bridge.receiver.tls import TlsSettings
 from otel_bridge.telemetry import ReceiverTelemetry
 
@@ -77,6 +78,7 @@ class OtlpHttpApp:
                  telemetry: ReceiverTelemetry | None = None) -> None:  # fmt: skip
         self.settings = settings
         self._place = admission.place  # taken before the request body is read
+        self._retry_log = RetryLog(log)
         self._tokens = tokens or BearerTokens(None)
         self._telemetry = telemetry or ReceiverTelemetry()
         self._tracker: bytes | None = None
@@ -136,7 +138,7 @@ class OtlpHttpApp:
             if isinstance(exc, RetryableError) and exc.retry_after_s is not None:
                 retry_after = exc.retry_after_s
             message = str(exc) if isinstance(exc, RetryableError) else f"internal error: {type(exc).__name__}"
-            log.warning("%s export not stored, sender will retry: %s", signal, message)
+            self._retry_log.warning(signal, message)
             if not read:
                 # Answer after the body: a sender still writing it would see a reset, not the 503.
                 await _discard_body(receive, self.settings.max_request_bytes)

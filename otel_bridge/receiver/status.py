@@ -8,7 +8,9 @@ the Collector drops those.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -43,3 +45,26 @@ def status_for(exc: BaseException, default_retry_s: float) -> tuple[grpc.StatusC
     # A bug of ours: retrying may help after a fix or restart, and losing data is worse.
     message = f"internal error: {type(exc).__name__}"
     return grpc.StatusCode.UNAVAILABLE, message, retry_info_trailers(message, default_retry_s)
+
+
+class RetryLog:
+    """The "not stored, sender will retry" warning, at most once per reason and interval: under
+    overload or a database outage every Export is answered UNAVAILABLE, and one log line each
+    (tens of thousands a minute) would bury everything else. Suppressed lines are counted in the
+    next one."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self._log = logger
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, what: str, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(reason, -math.inf) < self._interval_s:
+            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
+            return
+        self._last[reason] = now
+        suppressed = self._suppressed.pop(reason, 0)
+        more = f" ({suppressed} more since the last such line)" if suppressed else ""
+        self._log.warning("%s export not stored, sender will retry: %s%s", what, reason, more)
