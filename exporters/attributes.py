@@ -52,24 +52,16 @@ def decode_attributes(key_values: Iterable[Any], wanted: frozenset[str] | None =
     With `wanted`, only those keys: spans that yield no row are read for identity alone, and
     row spans for their columns alone, without paying for every value's decoding."""
     out: Attributes = {}
-    if wanted is not None:
-        for kv in key_values:
-            key = kv.key
-            if key in wanted:  # wanted names have no NUL
-                value = kv.value
-                # Inline fast path: most attribute values are non-empty strings, and reading one
-                # is cheaper than asking which field is set.
-                text = value.string_value
-                if text:
-                    out[key] = text if "\x00" not in text else clean(text)
-                else:
-                    out[key] = decode_value(value)
-        return out
     for kv in key_values:
         key = kv.key
-        if "\x00" in key:
+        if wanted is not None:
+            if key not in wanted:  # wanted names have no NUL
+                continue
+        elif "\x00" in key:
             key = clean(key)
         value = kv.value
+        # Inline fast path: most attribute values are non-empty strings, and reading one is
+        # cheaper than asking which field is set.
         text = value.string_value
         if text:
             out[key] = text if "\x00" not in text else clean(text)

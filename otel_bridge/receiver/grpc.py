@@ -22,6 +22,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as metr
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as trace_pb
 
 from otel_bridge.errors import PermanentError
+from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
 from otel_bridge.receiver.status import RetryLog, status_for
@@ -60,6 +61,18 @@ SIGNALS = {
                     logs_pb.ExportLogsServiceResponse,
                     logs_pb.ExportLogsPartialSuccess, "rejected_log_records"),
 }  # fmt: skip
+
+
+def export_response(signal: str, outcome: Outcome) -> Any:
+    """The Export response of `signal`, with OTLP partial success when items were rejected (the
+    same message over gRPC and HTTP)."""
+    spec = SIGNALS[signal]
+    response = spec.response_type()
+    if outcome.rejected or outcome.message:
+        partial = spec.partial_type(error_message=outcome.message)
+        setattr(partial, spec.rejected_field, outcome.rejected)
+        response.partial_success.CopyFrom(partial)
+    return response
 
 
 class GrpcReceiver:
@@ -142,12 +155,7 @@ class GrpcReceiver:
                 else:
                     log.error("%s export refused: %s", signal.service.rsplit(".", 1)[-1], message)
                 await context.abort(code, message, trailing_metadata=trailers)
-            response = signal.response_type()
-            if outcome.rejected or outcome.message:
-                partial = signal.partial_type(error_message=outcome.message)
-                setattr(partial, signal.rejected_field, outcome.rejected)
-                response.partial_success.CopyFrom(partial)
-            return response
+            return export_response(signal.name, outcome)
 
         return self._telemetry.grpc_export(signal.name, export)
 

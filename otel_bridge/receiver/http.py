@@ -28,10 +28,9 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 
 from otel_bridge.errors import PermanentError, RetryableError
-from otel_bridge.pipeline import Outcome
 from otel_bridge.receiver.admission import ExportAdmission
 from otel_bridge.receiver.auth import UNAUTHENTICATED_MESSAGE, BearerTokens
-from otel_bridge.receiver.grpc import SIGNALS
+from otel_bridge.receiver.grpc import export_response
 from otel_bridge.receiver.otlp_json import parse_json
 from otel_bridge.receiver.status import RetryLog
 from otel_bridge.receiver.tls import TlsSettings
@@ -144,7 +143,7 @@ class OtlpHttpApp:
                 await _discard_body(receive, self.settings.max_request_bytes)
             raise HttpError(503, code_pb2.UNAVAILABLE, message,
                             [("retry-after", str(max(1, math.ceil(retry_after))))]) from None  # fmt: skip
-        await _respond(send, 200, _encode(_response(signal, outcome), content_type), content_type, cors)
+        await _respond(send, 200, _encode(export_response(signal, outcome), content_type), content_type, cors)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         """The (decompressed) body, refused with 413 as soon as it grows past the limit."""
@@ -250,16 +249,6 @@ def _too_large(limit: int) -> HttpError:
 def _answer_type(headers: dict[str, str]) -> str:
     content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
     return PROTOBUF if content_type == PROTOBUF else JSON
-
-
-def _response(signal: str, outcome: Outcome) -> Any:
-    spec = SIGNALS[signal]
-    response = spec.response_type()
-    if outcome.rejected or outcome.message:
-        partial = spec.partial_type(error_message=outcome.message)
-        setattr(partial, spec.rejected_field, outcome.rejected)
-        response.partial_success.CopyFrom(partial)
-    return response
 
 
 def _encode(message: Any, content_type: str) -> bytes:

@@ -11,6 +11,8 @@ import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.reliability.receiver_process import uvarint
+
 METHODS = {
     "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
     "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
@@ -24,25 +26,16 @@ _field = st.tuples(st.integers(min_value=1, max_value=20), st.sampled_from([0, 1
 def _encode(fields: list[tuple[int, int, bytes, int]]) -> bytes:
     out = bytearray()
     for number, wire, payload, value in fields:
-        out += _uvarint(number << 3 | wire)
+        out += uvarint(number << 3 | wire)
         if wire == 0:
-            out += _uvarint(value)
+            out += uvarint(value)
         elif wire == 1:
             out += value.to_bytes(8, "little", signed=False)[:8].ljust(8, b"\0")
         elif wire == 5:
             out += (value & 0xFFFFFFFF).to_bytes(4, "little")
         else:
-            out += _uvarint(len(payload)) + payload
+            out += uvarint(len(payload)) + payload
     return bytes(out)
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 bodies = st.one_of(st.binary(max_size=300), st.lists(_field, max_size=12).map(_encode))
