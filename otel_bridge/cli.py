@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", help="run the OTLP receiver", description="Run the OTLP/gRPC receiver; migrates the database on start.",
+        "serve", help="run the OTLP receiver", description="Run the OTLP receivers (gRPC and HTTP); migrates the database on start. With --workers N, N receiver processes share the ports.",
         epilog=ENV_HELP,
     )
     serve.add_argument("--grpc-listen", help="HOST:PORT for OTLP/gRPC (OTEL_BRIDGE_GRPC_LISTEN, default 127.0.0.1:4317)")
