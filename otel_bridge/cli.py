@@ -232,13 +232,6 @@ def _add_database_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (OTEL_BRIDGE_DATA_DIR)")
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="otel-bridge",
@@ -254,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--grpc-listen", help="HOST:PORT for OTLP/gRPC (OTEL_BRIDGE_GRPC_LISTEN, default 127.0.0.1:4317)")
     serve.add_argument("--http-listen", help="HOST:PORT for OTLP/HTTP and /otel-bridge.js (OTEL_BRIDGE_HTTP_LISTEN, default 127.0.0.1:4318)")
-    serve.add_argument("--workers", type=_positive, metavar="N",
+    serve.add_argument("--workers", metavar="N",  # validated by Config like OTEL_BRIDGE_WORKERS
                        help="receiver processes sharing the ports with SO_REUSEPORT (OTEL_BRIDGE_WORKERS, default 1)")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
     _add_database_flags(serve)
