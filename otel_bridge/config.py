@@ -180,6 +180,7 @@ class Config:
     reuse_port: bool = _setting("OTEL_BRIDGE_REUSE_PORT", _bool, False)
     queue_timeout_s: float = _setting("OTEL_BRIDGE_QUEUE_TIMEOUT_S", _non_negative_float, 2.0)
     retry_after_s: float = _setting("OTEL_BRIDGE_RETRY_AFTER_S", _non_negative_float, 2.0)
+    shutdown_grace_s: float = _setting("OTEL_BRIDGE_SHUTDOWN_GRACE_S", _non_negative_float, 5.0)
     auth_tokens: str | None = _setting("OTEL_BRIDGE_AUTH_TOKENS", _optional_text, None, secret=True)
     tls_cert_file: str | None = _setting("OTEL_BRIDGE_TLS_CERT_FILE", _optional_text, None)
     tls_key_file: str | None = _setting("OTEL_BRIDGE_TLS_KEY_FILE", _optional_text, None)

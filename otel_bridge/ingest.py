@@ -74,10 +74,12 @@ def tune_gc() -> None:
 # --- worker process side ----------------------------------------------------------------------
 _worker_loop: asyncio.AbstractEventLoop | None = None
 _worker_pipeline: Pipeline | None = None
+_worker_stopping: Any = None  # the receiver's multiprocessing.Event
 
 
-def _worker_init(config: Config, database_url: str, pool_size: int) -> None:
-    global _worker_loop, _worker_pipeline
+def _worker_init(config: Config, database_url: str, pool_size: int, stopping: Any) -> None:
+    global _worker_loop, _worker_pipeline, _worker_stopping
+    _worker_stopping = stopping
     # Shutdown is the receiver's to run (drain, then stop the pool): a Ctrl-C in a terminal,
     # which reaches the whole process group, must not kill a worker mid-transaction. SIGTERM
     # keeps its default: the executor itself uses it to stop workers of a broken pool.
@@ -90,6 +92,9 @@ def _worker_init(config: Config, database_url: str, pool_size: int) -> None:
 
 def _worker_consume(signal: str, data: bytes) -> Outcome:
     assert _worker_loop is not None and _worker_pipeline is not None
+    if _worker_stopping.is_set():
+        # Queued before the receiver began to stop, and already answered UNAVAILABLE by it.
+        raise RetryableError("receiver shutting down")
     return _worker_loop.run_until_complete(_worker_pipeline.consume(signal, data))
 
 
@@ -100,14 +105,16 @@ class ProcessIngest:
     def __init__(self, config: Config, database_url: str, workers: int) -> None:
         self._config, self._url, self._workers = config, database_url, workers
         self._executor: ProcessPoolExecutor | None = None
+        self._context = multiprocessing.get_context("spawn")  # no fork of a process with gRPC threads
+        self._stopping = self._context.Event()
 
     def _new_executor(self) -> ProcessPoolExecutor:
         # A worker runs one request at a time, so it needs one connection.
         return ProcessPoolExecutor(
             max_workers=self._workers,
-            mp_context=multiprocessing.get_context("spawn"),  # no fork of a process with gRPC threads
+            mp_context=self._context,
             initializer=_worker_init,
-            initargs=(self._config, self._url, 1),
+            initargs=(self._config, self._url, 1, self._stopping),
         )
 
     async def start(self) -> None:
@@ -134,7 +141,10 @@ class ProcessIngest:
 
     async def stop(self) -> None:
         if self._executor is not None:
-            await asyncio.to_thread(self._executor.shutdown, True)
+            # Requests still queued for a worker were answered UNAVAILABLE by the drain: the
+            # workers skip them, and only finish the transactions they are in.
+            self._stopping.set()
+            await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
             self._executor = None
 
 

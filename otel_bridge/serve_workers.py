@@ -30,7 +30,8 @@ from otel_bridge.database import ensure_partitions, migrate, redact_url, resolve
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 30.0  # children drain in-flight Exports (each answers only after its commit)
+# After their OTEL_BRIDGE_SHUTDOWN_GRACE_S, children still finish the transactions they are in.
+STOP_AFTER_GRACE_S = 25.0
 FAST_EXIT_S = 10.0  # a child exiting sooner than this after its start is failing, not crashing
 MAX_FAST_EXITS = 3
 
@@ -142,7 +143,8 @@ class ServeWorkers:
         for child in self._children:
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        limit_s = self.config.shutdown_grace_s + STOP_AFTER_GRACE_S
+        deadline = time.monotonic() + limit_s
         for child in self._children:
             try:
                 child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -150,7 +152,7 @@ class ServeWorkers:
                 log.error(
                     "receiver process %d did not stop within %.0f s; killing it",
                     child.index,
-                    STOP_GRACE_S,
+                    limit_s,
                 )
                 child.process.kill()
                 child.process.wait()

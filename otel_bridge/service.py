@@ -52,6 +52,7 @@ class BridgeService:
         self.notifier: AlertNotifier | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._ingest: InProcessIngest | ProcessIngest | None = None
+        self._admission: ExportAdmission | None = None
         self._summary_task: asyncio.Task[None] | None = None
         self._maintenance_task: asyncio.Task[None] | None = None
 
@@ -65,7 +66,7 @@ class BridgeService:
         self._ingest = create_ingest(config, self.database_url)
         await self._ingest.start()
         # One bound on in-flight Exports, whichever protocol they come in on.
-        admitted = ExportAdmission(self._consume, config.max_concurrent_exports, config.queue_timeout_s,
+        self._admission = admitted = ExportAdmission(self._consume, config.max_concurrent_exports, config.queue_timeout_s,
                                    config.max_queued_exports)
         self.telemetry.watch(admitted)
         tokens = BearerTokens(config.auth_tokens)
@@ -108,10 +109,14 @@ class BridgeService:
                 task.cancel()
         if self.notifier is not None:
             await self.notifier.stop()
-        if self.http_receiver is not None:
-            await self.http_receiver.stop()
+        # Drain before the transports stop: while the in-flight Exports of both protocols get
+        # their grace period, new ones still reach a handler and are answered UNAVAILABLE with
+        # RetryInfo, rather than being cut off by the transport (gRPC would say CANCELLED).
         if self.receiver is not None:
-            await self.receiver.stop()
+            await self.receiver.announce_shutdown()
+        if self._admission is not None:
+            await self._admission.drain(self.config.shutdown_grace_s)
+        await asyncio.gather(*(r.stop(1.0) for r in (self.http_receiver, self.receiver) if r is not None))
         if self._ingest is not None:
             await self._ingest.stop()
         self._log_summary()

@@ -12,6 +12,12 @@ the same retryable answer: never a bare RESOURCE_EXHAUSTED, which the Collector 
 (research/reliability.md §2.6). A receiver that takes the place before it reads the request
 (`place()`) never even reads a refused one. Nothing queues behind this: the ingest worker pool
 only ever sees the `max_concurrent_exports` admitted Exports.
+
+Shutdown (`drain`) refuses new and waiting Exports and gives the in-flight ones a grace period;
+those still unanswered then get the same retryable answer *before* the transports cut them off.
+Their transaction may still commit afterwards: the sender's retry is then deduplicated by the
+rows' deterministic ids, so an early UNAVAILABLE never loses or doubles data, while a late OK
+would have made the sender wait past its own timeout (research/reliability.md §6 test 15).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from otel_bridge.pipeline import Consume, Outcome
 
 QUEUE_FULL = "receiver overloaded: too many exports waiting"
 QUEUE_TIMEOUT = "receiver overloaded: too many exports in flight"
+SHUTTING_DOWN = "receiver shutting down"
 
 
 class ExportAdmission:
@@ -48,6 +55,10 @@ class ExportAdmission:
         # Exports refused as overloaded since start, by cause (monotonic, for counters).
         self.refused_queue_full = 0
         self.refused_queue_timeout = 0
+        self._closing = False
+        self._gave_up: asyncio.Future[None] | None = None  # done when the shutdown grace is over
+        self._idle = asyncio.Event()  # set while nothing is in flight
+        self._idle.set()
 
     async def __call__(self, signal: str, data: bytes) -> Outcome:
         """Admit and consume an Export whose request was already read."""
@@ -58,6 +69,8 @@ class ExportAdmission:
     async def place(self) -> AsyncIterator[Consume]:
         """Hold a place for one Export, or raise RetryableError at once when all are taken.
         Yields the consume to call (once) with the request, which waits for a slot."""
+        if self._closing:
+            raise RetryableError(SHUTTING_DOWN)
         if self.admitted >= self.places:
             self.refused_queue_full += 1
             # No delay of our own: the receivers suggest their OTEL_BRIDGE_RETRY_AFTER_S.
@@ -76,12 +89,44 @@ class ExportAdmission:
             await self._wait_for_slot()
         else:
             await self._slots.acquire()  # returns at once
+        if self._closing:
+            self._slots.release()
+            raise RetryableError(SHUTTING_DOWN)
         self.in_flight += 1
+        self._idle.clear()
         try:
-            return await self._consume(signal, data)
+            # A task of its own, so that a shutdown can answer the sender without waiting for it.
+            consume = asyncio.ensure_future(self._consume(signal, data))
+            try:
+                await asyncio.wait((consume, self._grace_over()), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not consume.done():  # left to commit or roll back on its own
+                    consume.add_done_callback(_ignore_result)
+            if consume.done():
+                return consume.result()
+            raise RetryableError(f"{SHUTTING_DOWN}: export not finished within the grace period")
         finally:
             self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
             self._slots.release()
+
+    def _grace_over(self) -> asyncio.Future[None]:
+        if self._gave_up is None:
+            self._gave_up = asyncio.get_running_loop().create_future()
+        return self._gave_up
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new and waiting Exports, wait up to `grace_s` for the in-flight ones, then
+        answer those left UNAVAILABLE."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+        except asyncio.TimeoutError:
+            pass
+        gave_up = self._grace_over()
+        if not gave_up.done():
+            gave_up.set_result(None)
 
     async def _wait_for_slot(self) -> None:
         self.waiting += 1
@@ -92,3 +137,8 @@ class ExportAdmission:
             raise RetryableError(QUEUE_TIMEOUT) from None
         finally:
             self.waiting -= 1
+
+
+def _ignore_result(task: asyncio.Future[Outcome]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved

@@ -131,8 +131,13 @@ class GrpcReceiver:
         log.info("OTLP/gRPC receiver listening on %s (%s)", self.settings.listen.rsplit(":", 1)[0] + f":{self.port}",
                  tls.mode if tls else "plaintext")  # fmt: skip
 
+    async def announce_shutdown(self) -> None:
+        """Health checks answer NOT_SERVING from now on, so load balancers move senders away."""
+        await self._health.enter_graceful_shutdown()
+
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, let in-flight Exports finish (they answer only after commit)."""
+        """Stop accepting, let in-flight Exports finish (they answer only after commit), and
+        cancel those still running after `grace_s`."""
         if self._server is None:
             return
         await self._health.enter_graceful_shutdown()

@@ -290,7 +290,7 @@ class HttpReceiver:
         host, _, port = self.settings.listen.rpartition(":")
         tls = self.settings.tls
         config = uvicorn.Config(self.app, host=host.strip("[]"), port=int(port), lifespan="off", access_log=False,
-                                log_level="warning", server_header=False, timeout_graceful_shutdown=5,
+                                log_level="warning", server_header=False,
                                 **(tls.uvicorn_options() if tls else {}))  # fmt: skip
         config.load()
         if tls is not None:
@@ -306,10 +306,12 @@ class HttpReceiver:
         self._main_loop = asyncio.create_task(server.main_loop(), name="otlp-http")
         log.info("OTLP/HTTP receiver listening on %s:%d (%s)", host, self.port, tls.mode if tls else "plaintext")
 
-    async def stop(self) -> None:
-        """Stop accepting; in-flight Exports finish (they answer only after commit)."""
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop accepting; in-flight Exports finish (they answer only after commit), and those
+        still running after `grace_s` are cancelled."""
         if self._server is None:
             return
+        self._server.config.timeout_graceful_shutdown = grace_s
         self._server.should_exit = True
         if self._main_loop is not None:
             await self._main_loop

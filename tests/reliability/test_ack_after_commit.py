@@ -1,11 +1,9 @@
 """Ack only after COMMIT, also when the database is slower than the sender's deadline
 (research/reliability.md §6 test 3).
 
-The injected latency sits inside COMMIT itself (a deferred constraint trigger sleeps once per
-transaction), i.e. between the write and the point where the rows become durable: an answer sent
-before COMMIT would reach the sender seconds before the rows are visible. The trigger also logs
-each transaction's commit time (`clock_timestamp()` after the sleep, the last thing before the
-commit), which is compared with the time the sender received each OK.
+The injected latency sits inside COMMIT itself (`slow_commit.py`): an answer sent before COMMIT
+would reach the sender seconds before the rows are visible. Each transaction's logged commit time
+is compared with the time the sender received each OK.
 
 Pass: every OK was received after its batch's commit and with the rows visible; senders that
 timed out retried; missing = 0 and duplicates = 0 after recovery.
@@ -26,29 +24,7 @@ from tests.reliability.export_stream import (
     committed_batches,
     stored_spans,
 )
-
-SLOW_COMMIT = """
-CREATE TABLE fault_commit_latency (delay_s float8 NOT NULL);
-INSERT INTO fault_commit_latency VALUES (0);
-CREATE TABLE fault_commit_log (endpoint_path text NOT NULL, committed_at timestamptz NOT NULL);
-CREATE FUNCTION fault_slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  -- Deferred row triggers run in COMMIT, once per inserted row: sleep and log once per transaction.
-  IF current_setting('fault.done', true) IS DISTINCT FROM '1' THEN
-    PERFORM set_config('fault.done', '1', true);
-    PERFORM pg_sleep(delay_s) FROM fault_commit_latency;
-    INSERT INTO fault_commit_log VALUES (NEW.endpoint_path, clock_timestamp());
-  END IF;
-  RETURN NULL;
-END $$;
-CREATE CONSTRAINT TRIGGER fault_slow_commit AFTER INSERT ON api_performance_metrics
-  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fault_slow_commit();
-"""
-
-
-def _set_commit_latency(url: str, delay_s: float) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("UPDATE fault_commit_latency SET delay_s = %s", (delay_s,))
+from tests.reliability.slow_commit import install_slow_commit, set_commit_latency
 
 
 @pytest.mark.parametrize("workers", ["2", "0"], ids=["worker-processes", "in-process"])
@@ -57,8 +33,7 @@ def test_ok_only_after_commit_when_commits_outlast_the_deadline(
 ) -> None:
     # §6: 6 s of latency over the Collector's 5 s timeout, for 30 s. CI: 2.5 s over 1.5 s, for 4 s.
     latency_s, deadline_s, window_s = (6.0, 5.0, 30.0) if long_run else (2.5, 1.5, 4.0)
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(SLOW_COMMIT)
+    install_slow_commit(db_url)
     bridge = start_bridge(
         db_url, OTEL_BRIDGE_INGEST_WORKERS=workers, OTEL_BRIDGE_RETRY_AFTER_S="0.2"
     )
@@ -68,9 +43,9 @@ def test_ok_only_after_commit_when_commits_outlast_the_deadline(
     try:
         stream.start()
         stream.wait_acked(20)
-        _set_commit_latency(db_url, latency_s)
+        set_commit_latency(db_url, latency_s)
         time.sleep(window_s)
-        _set_commit_latency(db_url, 0)
+        set_commit_latency(db_url, 0)
         stream.wait_acked(len(stream.acked) + 20)
         stream.finish()
     finally:

@@ -27,6 +27,7 @@ from tests.reliability.export_stream import (
     committed_batches,
     stored_spans,
 )
+from tests.reliability.slow_commit import install_slow_commit, set_commit_latency
 
 EXIT_LIMIT_S = 10.0
 
@@ -38,7 +39,7 @@ def _free_port() -> int:
 
 
 def _serve(
-    db_url: str, data_dir: Path, port: int, workers: str | None, log: Path
+    db_url: str, data_dir: Path, port: int, workers: str | None, log: Path, **extra: str
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -49,6 +50,7 @@ def _serve(
         "OTEL_BRIDGE_MAINTENANCE_INTERVAL_S": "0",
         "OTEL_BRIDGE_IP_HASH_KEY": "test-key-0123456789abcdef",
         "OTEL_BRIDGE_RETRY_AFTER_S": "0.5",
+        **extra,
     }
     env.pop("OTEL_BRIDGE_INGEST_WORKERS", None)
     if workers is not None:
@@ -142,6 +144,63 @@ def test_sigterm_mid_stream_loses_no_acked_span_and_a_restart_takes_the_retries(
     # One sent while the server was going away can be CANCELLED by grpc before our handler reads
     # it (Exports are read after admission): nothing of it was stored, and OTLP lists CANCELLED
     # among the retryable codes, so the sender re-sends it (`given_up` stays empty).
+    assert set(stream.codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, stream.codes
+    assert not stream.given_up
+    assert committed_batches(db_url) == set(range(stream.sent_batches))
+    assert (stored, duplicates) == (stream.sent_batches * SPANS_PER_BATCH, 0)
+    assert second_exit[0] == 0
+
+
+@pytest.mark.parametrize("workers", ["0", None], ids=["in-process", "worker-processes"])
+def test_sigterm_during_slow_commits_answers_unavailable_when_the_grace_period_ends(
+    workers: str | None, db_url: str, tmp_path: Path
+) -> None:
+    """Commits take 3 s and the grace period is 1 s: the Exports in flight at SIGTERM are
+    answered UNAVAILABLE after the grace period instead of OK after their commit, the process
+    still exits 0 within 10 s, and their retries (some of which re-send batches that committed
+    after the answer) store everything exactly once."""
+    grace_s, latency_s = 1.0, 3.0
+    install_slow_commit(db_url)
+    port, log = _free_port(), tmp_path / "serve.log"
+    receivers = [_serve(db_url, tmp_path, port, workers, log, OTEL_BRIDGE_SHUTDOWN_GRACE_S=str(grace_s))]
+    stream = ExportStream(f"127.0.0.1:{port}", senders=4, attempt_timeout_s=10.0, check_url=db_url,
+                          give_up_after_s=120)  # fmt: skip
+    try:
+        _wait_serving(receivers[0], port, log)
+        stream.start()
+        stream.wait_acked(10)
+        set_commit_latency(db_url, latency_s)
+        time.sleep(1.0)  # every sender now waits in a 3 s commit
+        signalled = time.monotonic()
+        exit_code, exit_s = _terminate(receivers[0])
+        acked_before_exit = set(stream.acked)
+        committed_at_exit = committed_batches(db_url)
+        in_flight = [a for a in list(stream.attempts) if a.sent_at < signalled < a.answered_at]
+        set_commit_latency(db_url, 0)
+
+        receivers.append(_serve(db_url, tmp_path, port, workers, log))
+        _wait_serving(receivers[1], port, log)
+        stream.wait_acked(len(acked_before_exit) + 20)
+        stream.finish()
+        second_exit = _terminate(receivers[1])
+    finally:
+        stream.close()
+        for process in receivers:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+    stored, duplicates = stored_spans(db_url)
+    answered_after = sorted(round(a.answered_at - signalled, 2) for a in in_flight)
+    print(f"\nSIGTERM during {latency_s} s commits, grace {grace_s} s (ingest workers {workers or 'default'}): "
+          f"exit {exit_code} after {exit_s:.2f} s; in flight: {[a.code for a in in_flight]} answered "
+          f"{answered_after} s after SIGTERM; {stream.summary()}; stored={stored} duplicates={duplicates}")  # fmt: skip
+    assert exit_code == 0 and exit_s <= EXIT_LIMIT_S, log.read_text()[-3000:]
+    unavailable = [a for a in in_flight if a.code == "UNAVAILABLE"]
+    assert unavailable and {a.code for a in in_flight} <= {"OK", "UNAVAILABLE"}, in_flight
+    # Answered when the grace period ended, not when their 3 s commit did.
+    assert all(a.answered_at - signalled < grace_s + 1.5 for a in unavailable), answered_after
+    assert acked_before_exit <= committed_at_exit and not stream.not_committed_on_ok
     assert set(stream.codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, stream.codes
     assert not stream.given_up
     assert committed_batches(db_url) == set(range(stream.sent_batches))
