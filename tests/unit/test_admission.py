@@ -13,7 +13,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from otel_bridge.errors import RetryableError
 from otel_bridge.pipeline import Outcome
-from otel_bridge.receiver.admission import QUEUE_FULL, QUEUE_TIMEOUT, ExportAdmission
+from otel_bridge.receiver.admission import QUEUE_FULL, QUEUE_TIMEOUT, SHUTTING_DOWN, ExportAdmission
 from otel_bridge.receiver.status import status_for
 
 
@@ -23,10 +23,12 @@ class HeldConsume:
     def __init__(self) -> None:
         self.release = asyncio.Event()
         self.seen: list[bytes] = []
+        self.finished: list[bytes] = []
 
     async def __call__(self, signal: str, data: bytes) -> Outcome:
         self.seen.append(data)
         await self.release.wait()
+        self.finished.append(data)
         return Outcome(counts={"spans_received": 1})
 
 
@@ -153,3 +155,47 @@ def test_overload_is_answered_unavailable_with_retry_info_in_both_trailers(messa
     assert status.code == grpc.StatusCode.UNAVAILABLE.value[0] and status.details[0].Unpack(info)
     assert info.retry_delay.ToTimedelta().total_seconds() == 1.5
     assert error_details_pb2.RetryInfo.FromString(metadata["google.rpc.retryinfo-bin"]) == info
+
+
+def test_drain_lets_exports_finish_within_the_grace_period_and_answers_the_rest_unavailable() -> None:
+    async def scenario() -> None:
+        consume = HeldConsume()
+        admission = ExportAdmission(consume, max_concurrent_exports=2, queue_timeout_s=5, max_queued_exports=2)
+        exports = [asyncio.create_task(admission("traces", bytes([i]))) for i in range(3)]
+        await settle()
+        drained = asyncio.create_task(admission.drain(30))
+        await settle()
+        # New Exports are refused at once; the one waiting for a slot is refused when it gets one.
+        assert str(await refusal(admission)).startswith(SHUTTING_DOWN)
+        consume.release.set()  # the two in flight commit within the grace period: answered OK
+        assert [(await e).counts for e in exports[:2]] == [{"spans_received": 1}] * 2
+        assert str(await refusal_of(exports[2])).startswith(SHUTTING_DOWN)
+        await asyncio.wait_for(drained, 1)  # returned as soon as nothing was in flight
+        assert consume.seen == [b"\x00", b"\x01"]
+
+    run(scenario)
+
+
+def test_drain_answers_exports_still_running_after_the_grace_period_and_lets_them_finish() -> None:
+    async def scenario() -> None:
+        consume = HeldConsume()
+        admission = ExportAdmission(consume, max_concurrent_exports=2, queue_timeout_s=5)
+        export = asyncio.create_task(admission("traces", b"slow"))
+        await settle()
+        await admission.drain(0.05)
+        error = await refusal_of(export)
+        assert "grace period" in str(error) and admission.in_flight == 0
+        # Its transaction was not cut short: it still ends on its own (and a retry of it is
+        # deduplicated by the rows' ids).
+        assert consume.finished == []
+        consume.release.set()
+        await settle()
+        assert consume.finished == [b"slow"]
+
+    run(scenario)
+
+
+async def refusal_of(export: asyncio.Task[Outcome]) -> RetryableError:
+    with pytest.raises(RetryableError) as refused:
+        await export
+    return refused.value
