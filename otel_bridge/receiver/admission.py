@@ -99,11 +99,12 @@ class ExportAdmission:
             consume = asyncio.ensure_future(self._consume(signal, data))
             try:
                 await asyncio.wait((consume, self._grace_over()), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not consume.done():  # left to commit or roll back on its own
-                    consume.add_done_callback(_ignore_result)
+            except asyncio.CancelledError:
+                consume.cancel()  # the sender went away: its Export is not worked on any longer
+                raise
             if consume.done():
                 return consume.result()
+            consume.add_done_callback(_ignore_result)  # left to commit or roll back on its own
             raise RetryableError(f"{SHUTTING_DOWN}: export not finished within the grace period")
         finally:
             self.in_flight -= 1

@@ -199,3 +199,19 @@ async def refusal_of(export: asyncio.Task[Outcome]) -> RetryableError:
     with pytest.raises(RetryableError) as refused:
         await export
     return refused.value
+
+
+def test_an_export_whose_sender_went_away_is_not_worked_on_any_longer() -> None:
+    async def scenario() -> None:
+        consume = HeldConsume()
+        admission = ExportAdmission(consume, max_concurrent_exports=1, queue_timeout_s=5)
+        export = asyncio.create_task(admission("traces", b"gone"))
+        await settle()
+        export.cancel()  # what grpc does to the handler when the sender cancels or times out
+        await settle()
+        consume.release.set()
+        await settle()
+        assert consume.seen == [b"gone"] and consume.finished == []
+        assert (admission.in_flight, admission.admitted) == (0, 0)
+
+    run(scenario)
