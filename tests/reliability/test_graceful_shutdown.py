@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -23,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.reliability.export_stream import (
     SPANS_PER_BATCH,
+    Attempt,
     ExportStream,
     committed_batches,
     stored_spans,
@@ -98,49 +101,76 @@ def _terminate(process: subprocess.Popen[bytes]) -> tuple[int, float]:
     return code, time.monotonic() - sent
 
 
-@pytest.mark.parametrize("workers", ["0", None], ids=["in-process", "worker-processes"])
-def test_sigterm_mid_stream_loses_no_acked_span_and_a_restart_takes_the_retries(
-    workers: str | None, db_url: str, tmp_path: Path, long_run: bool
-) -> None:
+@dataclass
+class Shutdown:
+    """What a SIGTERM mid-stream did, and what the senders saw until a second `serve` took over."""
+
+    exit_code: int
+    exit_s: float
+    signalled: float  # time.monotonic() of the SIGTERM
+    acked_before_exit: set[int]
+    committed_at_exit: set[int]
+    in_flight: list[Attempt]  # sent before the SIGTERM, answered after it
+    second_exit_code: int
+    stream: ExportStream
+    log: Path
+
+    def summary(self, db_url: str) -> str:
+        stored, duplicates = stored_spans(db_url)
+        answered = sorted(round(a.answered_at - self.signalled, 2) for a in self.in_flight)
+        return (f"exit {self.exit_code} after {self.exit_s:.2f} s; in flight at SIGTERM: "
+                f"{[a.code for a in self.in_flight]}, answered {answered} s after it; acked before exit="
+                f"{len(self.acked_before_exit)} batches, acked but not committed="
+                f"{len(self.acked_before_exit - self.committed_at_exit)}; {self.stream.summary()}; "
+                f"stored={stored} duplicates={duplicates}; second serve exit {self.second_exit_code}")  # fmt: skip
+
+
+def _sigterm_mid_stream(
+    db_url: str,
+    tmp_path: Path,
+    workers: str | None,
+    stream: Callable[[str], ExportStream],
+    warm_up: Callable[[ExportStream], None],
+    after_exit: Callable[[], None] = lambda: None,
+    **serve_env: str,
+) -> Shutdown:
+    """`serve` under a stream of Exports gets SIGTERM once `warm_up` returns; then a new `serve`
+    on the same port takes the senders' retries until every batch is acknowledged."""
     port, log = _free_port(), tmp_path / "serve.log"
-    receivers = [_serve(db_url, tmp_path, port, workers, log)]
-    stream = ExportStream(
-        f"127.0.0.1:{port}", senders=8 if long_run else 4, check_url=db_url, give_up_after_s=120
-    )
+    receivers = [_serve(db_url, tmp_path, port, workers, log, **serve_env)]
+    senders = stream(f"127.0.0.1:{port}")
     try:
         _wait_serving(receivers[0], port, log)
-        stream.start()
-        stream.wait_acked(300 if long_run else 30)
-        in_flight_from = time.monotonic()
+        senders.start()
+        warm_up(senders)
+        signalled = time.monotonic()
         exit_code, exit_s = _terminate(receivers[0])
-        acked_before_exit = set(stream.acked)
+        acked_before_exit = set(senders.acked)
         committed_at_exit = committed_batches(db_url)
-        # Exports that were in flight when the signal came, and how they were answered.
-        in_flight = [
-            a.code for a in list(stream.attempts) if a.sent_at < in_flight_from < a.answered_at
-        ]
+        in_flight = [a for a in list(senders.attempts) if a.sent_at < signalled < a.answered_at]
+        after_exit()
 
         receivers.append(_serve(db_url, tmp_path, port, workers, log))
         _wait_serving(receivers[1], port, log)
-        stream.wait_acked(len(acked_before_exit) + 20)
-        stream.finish()
-        second_exit = _terminate(receivers[1])
+        senders.wait_acked(len(acked_before_exit) + 20)
+        senders.finish()
+        second_exit_code, _ = _terminate(receivers[1])
     finally:
-        stream.close()
+        senders.close()
         for process in receivers:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
+    return Shutdown(exit_code, exit_s, signalled, acked_before_exit, committed_at_exit, in_flight,
+                    second_exit_code, senders, log)  # fmt: skip
 
-    stored, duplicates = stored_spans(db_url)
-    print(f"\ngraceful shutdown (ingest workers {workers or 'default'}): exit {exit_code} after {exit_s:.2f} s; "
-          f"in flight at SIGTERM: {in_flight}; acked before exit={len(acked_before_exit)} batches, "
-          f"acked but not committed={len(acked_before_exit - committed_at_exit)}; {stream.summary()}; "
-          f"stored={stored} duplicates={duplicates}; second serve exit {second_exit[0]}")  # fmt: skip
-    assert exit_code == 0 and exit_s <= EXIT_LIMIT_S, log.read_text()[-3000:]
-    assert acked_before_exit <= committed_at_exit and not stream.not_committed_on_ok
+
+def _assert_nothing_lost(result: Shutdown, db_url: str) -> None:
+    stream = result.stream
+    assert result.exit_code == 0 and result.exit_s <= EXIT_LIMIT_S, result.log.read_text()[-3000:]
+    assert result.acked_before_exit <= result.committed_at_exit and not stream.not_committed_on_ok
     # The Exports in flight when SIGTERM came finish or are answered UNAVAILABLE.
-    assert set(in_flight) <= {"OK", "UNAVAILABLE"}, in_flight
+    assert {a.code for a in result.in_flight} <= {"OK", "UNAVAILABLE"}, result.in_flight
     # The receiver drains before its transports stop, so Exports sent during the shutdown reach a
     # handler and get UNAVAILABLE (0 CANCELLED in 18 runs). One that arrives in the instant grpc
     # stops could still be CANCELLED before any handler runs: nothing of it was stored, and OTLP
@@ -148,8 +178,21 @@ def test_sigterm_mid_stream_loses_no_acked_span_and_a_restart_takes_the_retries(
     assert set(stream.codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, stream.codes
     assert not stream.given_up
     assert committed_batches(db_url) == set(range(stream.sent_batches))
-    assert (stored, duplicates) == (stream.sent_batches * SPANS_PER_BATCH, 0)
-    assert second_exit[0] == 0
+    assert stored_spans(db_url) == (stream.sent_batches * SPANS_PER_BATCH, 0)  # stored, duplicates
+    assert result.second_exit_code == 0
+
+
+@pytest.mark.parametrize("workers", ["0", None], ids=["in-process", "worker-processes"])
+def test_sigterm_mid_stream_loses_no_acked_span_and_a_restart_takes_the_retries(
+    workers: str | None, db_url: str, tmp_path: Path, long_run: bool
+) -> None:
+    result = _sigterm_mid_stream(
+        db_url, tmp_path, workers,
+        lambda target: ExportStream(target, senders=8 if long_run else 4, check_url=db_url, give_up_after_s=120),
+        lambda stream: stream.wait_acked(300 if long_run else 30),
+    )  # fmt: skip
+    print(f"\ngraceful shutdown (ingest workers {workers or 'default'}): {result.summary(db_url)}")
+    _assert_nothing_lost(result, db_url)
 
 
 @pytest.mark.parametrize("workers", ["0", None], ids=["in-process", "worker-processes"])
@@ -162,48 +205,21 @@ def test_sigterm_during_slow_commits_answers_unavailable_when_the_grace_period_e
     after the answer) store everything exactly once."""
     grace_s, latency_s = 1.0, 3.0
     install_slow_commit(db_url)
-    port, log = _free_port(), tmp_path / "serve.log"
-    receivers = [_serve(db_url, tmp_path, port, workers, log, OTEL_BRIDGE_SHUTDOWN_GRACE_S=str(grace_s))]
-    stream = ExportStream(f"127.0.0.1:{port}", senders=4, attempt_timeout_s=10.0, check_url=db_url,
-                          give_up_after_s=120)  # fmt: skip
-    try:
-        _wait_serving(receivers[0], port, log)
-        stream.start()
+
+    def warm_up(stream: ExportStream) -> None:
         stream.wait_acked(10)
         set_commit_latency(db_url, latency_s)
         time.sleep(1.0)  # every sender now waits in a 3 s commit
-        signalled = time.monotonic()
-        exit_code, exit_s = _terminate(receivers[0])
-        acked_before_exit = set(stream.acked)
-        committed_at_exit = committed_batches(db_url)
-        in_flight = [a for a in list(stream.attempts) if a.sent_at < signalled < a.answered_at]
-        set_commit_latency(db_url, 0)
 
-        receivers.append(_serve(db_url, tmp_path, port, workers, log))
-        _wait_serving(receivers[1], port, log)
-        stream.wait_acked(len(acked_before_exit) + 20)
-        stream.finish()
-        second_exit = _terminate(receivers[1])
-    finally:
-        stream.close()
-        for process in receivers:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
-
-    stored, duplicates = stored_spans(db_url)
-    answered_after = sorted(round(a.answered_at - signalled, 2) for a in in_flight)
+    result = _sigterm_mid_stream(
+        db_url, tmp_path, workers,
+        lambda target: ExportStream(target, senders=4, attempt_timeout_s=10.0, check_url=db_url, give_up_after_s=120),
+        warm_up, lambda: set_commit_latency(db_url, 0), OTEL_BRIDGE_SHUTDOWN_GRACE_S=str(grace_s),
+    )  # fmt: skip
     print(f"\nSIGTERM during {latency_s} s commits, grace {grace_s} s (ingest workers {workers or 'default'}): "
-          f"exit {exit_code} after {exit_s:.2f} s; in flight: {[a.code for a in in_flight]} answered "
-          f"{answered_after} s after SIGTERM; {stream.summary()}; stored={stored} duplicates={duplicates}")  # fmt: skip
-    assert exit_code == 0 and exit_s <= EXIT_LIMIT_S, log.read_text()[-3000:]
-    unavailable = [a for a in in_flight if a.code == "UNAVAILABLE"]
-    assert unavailable and {a.code for a in in_flight} <= {"OK", "UNAVAILABLE"}, in_flight
+          f"{result.summary(db_url)}")  # fmt: skip
+    _assert_nothing_lost(result, db_url)
+    unavailable = [a for a in result.in_flight if a.code == "UNAVAILABLE"]
     # Answered when the grace period ended, not when their 3 s commit did.
-    assert all(a.answered_at - signalled < grace_s + 1.5 for a in unavailable), answered_after
-    assert acked_before_exit <= committed_at_exit and not stream.not_committed_on_ok
-    assert set(stream.codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, stream.codes
-    assert not stream.given_up
-    assert committed_batches(db_url) == set(range(stream.sent_batches))
-    assert (stored, duplicates) == (stream.sent_batches * SPANS_PER_BATCH, 0)
-    assert second_exit[0] == 0
+    assert unavailable, result.in_flight
+    assert all(a.answered_at - result.signalled < grace_s + 1.5 for a in unavailable), result.in_flight
