@@ -17,10 +17,11 @@ from typing import Any
 import grpc
 import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from tests.reliability.receiver_process import wait_serving
 
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 SERVING = re.compile(rb"(\d+) receiver processes sharing OTLP/gRPC 127\.0\.0\.1:(\d+)")
@@ -45,22 +46,6 @@ def server_spans(batch: int, count: int = 10) -> bytes:
     return request.SerializeToString()
 
 
-def wait_serving(port: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                time.sleep(0.2)
-    raise TimeoutError("no receiver SERVING")
-
-
 class Serving:
     def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
         self.process, self.log = process, log
@@ -70,7 +55,10 @@ class Serving:
                 raise RuntimeError(f"serve --workers did not start:\n{log.read_text()}")
             time.sleep(0.2)
         self.port = int(match[2])
-        wait_serving(self.port)
+        self.wait_serving()
+
+    def wait_serving(self) -> None:
+        wait_serving(self.process, f"127.0.0.1:{self.port}", self.log, 60.0)
 
     def receivers(self) -> list[psutil.Process]:
         return psutil.Process(self.process.pid).children()
@@ -133,7 +121,7 @@ def test_receivers_share_the_port_and_every_export_is_stored(
         assert time.monotonic() < deadline, "the dead receiver was not restarted"
         time.sleep(0.2)
     assert len(serving.receivers()) == 2
-    wait_serving(serving.port)
+    serving.wait_serving()
     for batch in range(16, 24):
         with grpc.insecure_channel(
             f"127.0.0.1:{serving.port}", options=[("grpc.use_local_subchannel_pool", 1)]

@@ -67,22 +67,10 @@ class ServeProcess:
         return serving
 
     def wait_serving(self, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        with grpc.insecure_channel(self.endpoint) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, f"receiver exited:\n{self.log_tail()}"
-                with contextlib.suppress(grpc.RpcError, httpx.TransportError):
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        # HTTP starts after gRPC reports SERVING.
-                        httpx.get(f"http://{self.http_endpoint}/v1/traces", timeout=1)
-                        return
-                time.sleep(0.2)
-        raise TimeoutError(f"receiver not serving after {timeout_s} s:\n{self.log_tail()}")
+        wait_serving(self.process, self.endpoint, self.log, timeout_s, http_endpoint=self.http_endpoint)
 
     def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+        return _tail(self.log, chars)
 
     def rss_mib(self) -> tuple[float, float]:
         """(process + its ingest workers, process alone) resident set size in MiB."""
@@ -121,6 +109,34 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def wait_serving(
+    process: subprocess.Popen[bytes],
+    endpoint: str,
+    log: Path,
+    timeout_s: float = 90.0,
+    http_endpoint: str | None = None,
+) -> None:
+    """Until `otel-bridge serve` at `endpoint` reports SERVING over grpc.health.v1 (and, given
+    `http_endpoint`, its HTTP receiver answers too); fails with the log's tail if it exits."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(endpoint) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, f"serve exited {process.returncode}:\n{_tail(log)}"
+            with contextlib.suppress(grpc.RpcError, httpx.TransportError):
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    if http_endpoint is not None:  # HTTP starts after gRPC reports SERVING
+                        httpx.get(f"http://{http_endpoint}/v1/traces", timeout=1)
+                    return
+            time.sleep(0.2)
+    raise TimeoutError(f"serve not serving after {timeout_s} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:]
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,9 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.reliability.export_stream import (
     SPANS_PER_BATCH,
@@ -30,15 +27,10 @@ from tests.reliability.export_stream import (
     committed_batches,
     stored_spans,
 )
+from tests.reliability.receiver_process import free_port, wait_serving
 from tests.reliability.slow_commit import install_slow_commit, set_commit_latency
 
 EXIT_LIMIT_S = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(
@@ -62,30 +54,6 @@ def _serve(
         # Its own session: a signal meant for the test runner's group must not reach it.
         return subprocess.Popen([str(Path(sys.executable).parent / "otel-bridge"), "serve"], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-
-def _wait_serving(
-    process: subprocess.Popen[bytes], port: int, log: Path, timeout_s: float = 60.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            assert process.poll() is None, (
-                f"serve exited {process.returncode}:\n{log.read_text()[-3000:]}"
-            )
-            try:
-                if (
-                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, (
-                f"serve not serving after {timeout_s} s:\n{log.read_text()[-3000:]}"
-            )
-            time.sleep(0.1)
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -136,11 +104,11 @@ def _sigterm_mid_stream(
 ) -> Shutdown:
     """`serve` under a stream of Exports gets SIGTERM once `warm_up` returns; then a new `serve`
     on the same port takes the senders' retries until every batch is acknowledged."""
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     receivers = [_serve(db_url, tmp_path, port, workers, log, **serve_env)]
     senders = stream(f"127.0.0.1:{port}")
     try:
-        _wait_serving(receivers[0], port, log)
+        wait_serving(receivers[0], f"127.0.0.1:{port}", log, 60.0)
         senders.start()
         warm_up(senders)
         signalled = time.monotonic()
@@ -151,7 +119,7 @@ def _sigterm_mid_stream(
         after_exit()
 
         receivers.append(_serve(db_url, tmp_path, port, workers, log))
-        _wait_serving(receivers[1], port, log)
+        wait_serving(receivers[1], f"127.0.0.1:{port}", log, 60.0)
         senders.wait_acked(len(acked_before_exit) + 20)
         senders.finish()
         second_exit_code, _ = _terminate(receivers[1])
